@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` and `make test`. Each creates the
+# virtualenv under .venv on first use and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m bench.demo -c forkproxy.toml
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) -m bench run
+
+lint: $(VENV)/.installed
+	$(PY) -m pip install -q mypy ruff
+	$(PY) -m ruff check forkproxy tests bench
+	$(PY) -m mypy --strict forkproxy
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
