@@ -1,0 +1,98 @@
+"""Sockets: listeners, non-blocking connects and socket options (layer 2).
+
+Invariants: every socket this module hands out is non-blocking; listeners are bound
+once by the master and inherited by workers through fork; nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+# SO_LINGER with a zero timeout: close() sends RST instead of FIN (aborts only).
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class Listener:
+    """A listening socket, the address the config asked for, and the one bound."""
+
+    __slots__ = ("sock", "address", "bound")
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int], bound: tuple[str, int] | None = None) -> None:
+        self.sock = sock
+        self.address = address
+        self.bound = bound if bound is not None else tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Listener({self.address[0]}:{self.address[1]} bound {self.bound[0]}:{self.bound[1]})"
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_listener(host: str, port: int, backlog: int, reuseport: bool = False) -> socket.socket:
+    """Bind and listen; non-blocking, SO_REUSEADDR so a restart does not wait for TIME_WAIT."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def start_connect(host: str, port: int) -> socket.socket:
+    """Begin a non-blocking connect; the caller waits for writability, then calls connect_error()."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    err = sock.connect_ex((host, port))
+    if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+        sock.close()
+        raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
+    return sock
+
+
+def connect_error(sock: socket.socket) -> int:
+    """0 once a non-blocking connect succeeded, else its errno."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def set_keepalive(sock: socket.socket, idle: int = 60, interval: int = 10, count: int = 6) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with RST: the peer must not mistake an aborted exchange for a complete one."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    except OSError:
+        pass
+    sock.close()
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """True if an idle socket has EOF, an error or unexpected bytes pending (MSG_PEEK)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return True  # EOF, or bytes nobody asked for: either way not reusable
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
