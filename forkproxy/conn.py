@@ -1,0 +1,729 @@
+"""One client connection: head -> route -> upstream -> body both ways -> response (layer 3).
+
+State table (a connection is in exactly one state):
+
+    HEAD      reading a request head           -> EXCHANGE (head parsed), LINGER (error/close)
+    EXCHANGE  request and response in flight   -> HEAD (keep-alive), tunnel (101), LINGER, closed
+    LINGER    orderly close: FIN sent, discard input until EOF or a short timeout -> closed
+
+Rules:
+1. Write first: every send is tried at once; only the unsent rest is kept (in
+   `c_out`/`up_out`) and only then is EVENT_WRITE registered.
+2. Back-pressure: while bytes wait for the upstream, the client is not read, and
+   while bytes wait for the client, the upstream is not read. So each direction holds
+   at most one receive's worth of bytes, however big the body or slow the peer.
+3. Bytes are received into the worker's one scratch buffer; a connection owns a
+   buffer only while bytes are pending. An idle keep-alive connection holds none.
+4. Masks and the timer are recomputed in `_refresh()` after every event; epoll is
+   touched only when a mask changes. One timer per connection; the timeout it
+   enforces follows from the state (see `_timeout`).
+5. An upstream that dies mid-response aborts the client (RST): an aborted response
+   never looks complete. Every orderly close of the client is a lingering close.
+6. A request that fails on a reused upstream connection before any response byte is
+   retried once on a fresh connection if it is idempotent and fully in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from . import netio
+from .errors import BadGateway, BadRequest, BodyTooLarge, HttpError, NotFound
+from .http.chunked import ChunkedDecoder
+from .http.parser import CHUNKED, CLOSE, LENGTH, NONE, RequestParser, ResponseParser
+from .http.writer import error_response
+from .http.grammar import HOST_RE
+from .log import time_local
+from .loop import ERR, IN, OUT, Timer
+from .respond import interim_head, response_head, switching_head
+from .routes import RequestVars, normalize_path, target_host
+from .tunnel import Tunnel
+
+if TYPE_CHECKING:
+    from .config import Server
+    from .context import WorkerContext
+    from .http.parser import Head
+    from .netio import Listener
+    from .routes import Route
+    from .upstream import UpstreamConn
+
+log = logging.getLogger("forkproxy")
+
+HEAD, EXCHANGE, LINGER, CLOSED = 0, 1, 2, 3
+LINGER_TIMEOUT = 2.0
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+RECV_HEAD = 65536
+_SEND_ERRORS = (ConnectionError, OSError)
+
+
+class ClientConnection:
+    __slots__ = (
+        "ctx", "sock", "fd", "listener", "server", "remote", "remote_port", "parser",
+        "state", "timer", "closing", "c_out", "up_out", "pipelined",
+        # the current exchange
+        "head", "route", "vars", "up", "connecting", "req_left", "req_total", "req_chunks", "req_done",
+        "replay", "retried", "rparser", "rhead", "resp_left", "resp_chunks", "dechunk",
+        "resp_started", "resp_done", "keep_alive", "status", "sent", "t0", "up_addr", "attempt",
+    )
+
+    def __init__(self, ctx: WorkerContext, sock: socket.socket, addr: tuple[str, int],
+                 listener: Listener, server: Server) -> None:
+        self.ctx = ctx
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.listener = listener
+        self.server = server
+        self.remote = addr[0]
+        self.remote_port = addr[1]
+        self.parser = RequestParser(server.max_request_line, server.max_head_size, server.max_header_count)
+        self.state = HEAD
+        self.timer = Timer(self._on_timeout)
+        self.closing = ctx.draining
+        self.c_out: bytes | memoryview | None = None
+        self.up_out: bytes | memoryview | None = None
+        self.pipelined = b""
+        self.up: UpstreamConn | None = None
+        self.head: Head | None = None
+        self.rhead: Head | None = None
+        self.rparser: ResponseParser | None = None
+        self.attempt = 0
+        ctx.live.add(self)
+        ctx.stats.connections += 1
+        ctx.loop.add(self.fd, IN, self._on_client)
+        ctx.loop.arm(self.timer, ctx.loop.now + server.client_header_timeout)
+
+    # -- events ------------------------------------------------------------------
+
+    def _on_client(self, events: int) -> None:
+        try:
+            if events & ERR and self.state == EXCHANGE and (self.req_done or self.up_out is not None or self.connecting):
+                # epoll reports errors even for fds we do not read: the client reset or vanished
+                raise ConnectionResetError("client reset the connection")
+            if events & OUT and self.c_out is not None:
+                self._flush_client()
+            if events & (IN | ERR) and self.state != CLOSED:
+                if self.state == HEAD:
+                    self._read_head()
+                elif self.state == EXCHANGE:
+                    if not self.req_done and self.up_out is None and not self.connecting:
+                        self._read_body()
+                elif self.state == LINGER:
+                    self._discard()
+        except HttpError as e:
+            self._fail(e.status, str(e) or type(e).__name__)
+        except _SEND_ERRORS as e:
+            self._client_gone(e)
+        if self.state != CLOSED:
+            self._refresh()
+
+    def _on_upstream(self, events: int) -> None:
+        try:
+            if self.connecting:
+                err = netio.connect_error(self.up.sock)  # type: ignore[union-attr]
+                if err:
+                    raise ConnectionRefusedError(err, f"connect to {self.up.addr_text}: {os.strerror(err)}")  # type: ignore[union-attr]
+                self.connecting = False
+            if events & OUT and self.up_out is not None:
+                self._flush_upstream()
+            if events & (IN | ERR) and self.state == EXCHANGE and not self.resp_done:
+                if self.c_out is None:
+                    self._read_response()
+                elif events & ERR:
+                    raise ConnectionResetError("upstream reset the connection")
+        except HttpError as e:
+            self._fail(e.status, str(e) or type(e).__name__)
+        except _SEND_ERRORS as e:
+            self._upstream_failed(e)
+        if self.state != CLOSED:
+            self._refresh()
+
+    def _on_timeout(self) -> None:
+        state = self.state
+        if state == HEAD:
+            if self.parser.buffered:
+                self._fail(408, "client_header_timeout reading the request head")
+            else:
+                self._linger()
+        elif state == EXCHANGE:
+            what = self._waiting_for()
+            if what == "client_body_timeout":
+                self._fail(408, f"{what} expired")
+            elif what == "send_timeout":
+                self._abort(f"{what} expired writing to the client")
+            else:
+                self._fail(504, f"{what} expired ({self.up.addr_text if self.up else '-'})")
+        elif state == LINGER:
+            self._close()
+        if self.state != CLOSED:
+            self._refresh()
+
+    # -- masks and timer ---------------------------------------------------------
+
+    def _waiting_for(self) -> str:
+        if self.c_out is not None:
+            return "send_timeout"
+        if self.connecting:
+            return "proxy_connect_timeout"
+        if self.up_out is not None:
+            return "proxy_send_timeout"
+        if not self.req_done:
+            return "client_body_timeout"
+        return "proxy_read_timeout"
+
+    def _refresh(self) -> None:
+        loop = self.ctx.loop
+        state = self.state
+        if state == EXCHANGE:
+            cmask = OUT if self.c_out is not None else 0
+            if not self.req_done and self.up_out is None and not self.connecting:
+                cmask |= IN
+            loop.modify(self.fd, cmask)
+            up = self.up
+            if up is not None:
+                umask = OUT if (self.connecting or self.up_out is not None) else 0
+                if not self.resp_done and self.c_out is None:
+                    umask |= IN
+                loop.modify(up.fd, umask)
+            loc = self.route.location  # type: ignore[union-attr]
+            loop.arm(self.timer, loop.now + getattr(loc, self._waiting_for()))
+        elif state == HEAD:
+            loop.modify(self.fd, OUT if self.c_out is not None else IN)
+        elif state == LINGER:
+            loop.modify(self.fd, OUT | IN if self.c_out is not None else IN)
+
+    # -- request head ------------------------------------------------------------
+
+    def _read_head(self) -> None:
+        try:
+            data = self.sock.recv(RECV_HEAD)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            if self.parser.buffered:
+                log.info("client %s closed the connection mid-head", self.remote)
+            self._close()
+            return
+        self._feed_head(data)
+
+    def _feed_head(self, data: bytes) -> None:
+        fresh = self.parser.buffered == 0
+        head = self.parser.feed(data)
+        if head is None:
+            if fresh and self.parser.buffered:
+                loop = self.ctx.loop
+                loop.arm(self.timer, loop.now + self.server.client_header_timeout)
+            return
+        self._start(head)
+
+    def _start(self, head: Head) -> None:
+        ctx = self.ctx
+        ctx.stats.requests += 1
+        self.t0 = time.time()
+        self.head = head
+        self.state = EXCHANGE
+        self.route = None
+        self.vars = None
+        self.up = None
+        self.connecting = False
+        self.req_done = False
+        self.req_chunks = None
+        self.req_left = 0
+        self.req_total = 0
+        self.replay = None
+        self.retried = False
+        self.rparser = None
+        self.rhead = None
+        self.resp_left = 0
+        self.resp_chunks = None
+        self.dechunk = False
+        self.resp_started = False
+        self.resp_done = False
+        self.status = 0
+        self.sent = 0
+        self.up_addr = "-"
+        self.keep_alive = head.keep_alive and not self.closing
+
+        host = self._host(head)
+        server = ctx.router.server_for(self.listener.address, host or None)
+        self.server = server
+        path, args = normalize_path(head.target)
+        route = ctx.router.route(server, path)
+        if route is None:
+            raise NotFound(f"no location matches {path[:200]!r}")
+        self.route = route
+        loc = route.location
+        if loc.client_max_body_size and head.framing == LENGTH and head.length > loc.client_max_body_size:
+            raise BodyTooLarge(f"body of {head.length} bytes exceeds client_max_body_size {loc.client_max_body_size}")
+
+        v = RequestVars()
+        v.head = head
+        v.host = host
+        v.remote_addr = self.remote.encode()
+        v.remote_port = str(self.remote_port).encode()
+        v.server_port = str(self.listener.bound[1]).encode()
+        v.server_name = server.server_name[0].encode() if server.server_name else b""
+        v.scheme = b"http"
+        v.uri = path
+        v.args = args
+        v.request_uri = head.target
+        self.vars = v
+        chunked = head.framing == CHUNKED
+        if chunked and loc.proxy_http_version == "1.0":
+            raise BadRequest("a chunked request body cannot be sent to an HTTP/1.0 upstream")
+        up_head = route.request_head(v, chunked)
+
+        rest = self.parser.take_rest()
+        framing = head.framing
+        if framing == NONE:
+            body = b""
+            self.pipelined = rest
+            self.req_done = True
+        elif framing == LENGTH:
+            body = rest[: head.length]
+            self.pipelined = rest[head.length:]
+            self.req_left = head.length - len(body)
+            self.req_done = self.req_left == 0
+        else:
+            dec = self.req_chunks = ChunkedDecoder()
+            consumed, _spans, done = dec.feed(rest)
+            body = rest[:consumed]
+            self.pipelined = rest[consumed:]
+            self.req_done = done
+        if self.req_done and head.method in IDEMPOTENT:
+            self.replay = up_head + body if body else up_head
+        self._connect_and_send(up_head + body if body else up_head)
+
+    def _host(self, head: Head) -> bytes:
+        hosts = head.headers.get_all(b"host")
+        if len(hosts) > 1:
+            raise BadRequest("several Host fields")
+        if not hosts and head.version == 11:
+            raise BadRequest("HTTP/1.1 request without Host")
+        authority = target_host(head.target)
+        host = authority if authority is not None else (hosts[0] if hosts else b"")
+        if host and HOST_RE.fullmatch(host) is None:
+            raise BadRequest(f"invalid Host {host[:80]!r}")
+        if host.startswith(b"["):
+            end = host.find(b"]")
+            return host[: end + 1].lower()
+        return host.partition(b":")[0].lower()
+
+    # -- upstream ----------------------------------------------------------------
+
+    def _connect_and_send(self, data: bytes) -> None:
+        route = self.route
+        pools = self.ctx.pools
+        loop = self.ctx.loop
+        up = pools.acquire(route.upstream)  # type: ignore[union-attr]
+        if up is not None:
+            loop.set_handler(up.fd, self._on_upstream)
+            self.connecting = False
+        else:
+            try:
+                up = pools.connect(route.upstream, self.attempt)  # type: ignore[union-attr]
+            except OSError as e:
+                raise BadGateway(f"upstream {route.upstream.name}: {e}")  # type: ignore[union-attr]
+            loop.add(up.fd, OUT, self._on_upstream)
+            self.connecting = True
+        self.up = up
+        up.requests += 1
+        self.up_addr = up.addr_text
+        self.rparser = ResponseParser()
+        self.rparser.start(self.head.method)  # type: ignore[union-attr]
+        if self.connecting:
+            self.up_out = data
+        else:
+            self._send_upstream(data)
+
+    def _send_upstream(self, data: bytes | memoryview) -> None:
+        n = self.up.sock.send(data)  # type: ignore[union-attr]
+        self.up_out = data[n:] if n < len(data) else None
+
+    def _flush_upstream(self) -> None:
+        self._send_upstream(self.up_out)  # type: ignore[arg-type]
+
+    def _read_body(self) -> None:
+        view = self.ctx.scratch_view
+        size = len(view)
+        if self.req_chunks is None:
+            size = min(size, self.req_left)
+        try:
+            n = self.sock.recv_into(view, size)
+        except (BlockingIOError, InterruptedError):
+            return
+        if n == 0:
+            raise BadRequest("client closed the connection mid-body")
+        data = view[:n]
+        if self.req_chunks is None:
+            self.req_left -= n
+            self.req_done = self.req_left == 0
+        else:
+            consumed, _spans, done = self.req_chunks.feed(data)
+            if consumed < n:
+                self.pipelined = bytes(data[consumed:])
+                data = data[:consumed]
+            self.req_done = done
+            limit = self.route.location.client_max_body_size  # type: ignore[union-attr]
+            self.req_total += len(data)
+            if limit and self.req_total > limit:
+                raise BodyTooLarge(f"chunked body exceeds client_max_body_size {limit}")
+        self._send_upstream(data)
+        if self.up_out is not None:
+            self.up_out = bytes(self.up_out)  # the scratch buffer is reused by the next recv
+
+    # -- response ----------------------------------------------------------------
+
+    def _read_response(self) -> None:
+        up = self.up
+        if self.rhead is None:
+            try:
+                data = up.sock.recv(RECV_HEAD)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                self._upstream_eof()
+                return
+            self._feed_response(data)
+            return
+        view = self.ctx.scratch_view
+        size = len(view)
+        if self.resp_chunks is None and self.rhead.framing == LENGTH:
+            size = min(size, self.resp_left)
+        try:
+            n = up.sock.recv_into(view, size)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        if n == 0:
+            self._upstream_eof()
+            return
+        self._relay_response_body(view[:n])
+
+    def _feed_response(self, data: bytes) -> None:
+        rparser = self.rparser
+        try:
+            head = rparser.feed(data)  # type: ignore[union-attr]
+        except HttpError as e:
+            raise BadGateway(f"bad response from {self.up.addr_text}: {e}")  # type: ignore[union-attr]
+        while head is not None and head.status < 200 and head.status != 101:
+            if self.head.version == 11:  # type: ignore[union-attr]
+                self._send_client(interim_head(head))
+            rest = rparser.take_rest()  # type: ignore[union-attr]
+            head = rparser.feed(rest) if rest else None  # type: ignore[union-attr]
+        if head is None:
+            return
+        if head.status == 101:
+            self._switch(head)
+            return
+        self.rhead = head
+        self.status = head.status
+        rest = rparser.take_rest()  # type: ignore[union-attr]
+        client_version = self.head.version  # type: ignore[union-attr]
+        framing = head.framing
+        self.dechunk = framing == CHUNKED and client_version == 10
+        if framing == CLOSE or self.dechunk or not head.keep_alive or not self.req_done:
+            self.keep_alive = False
+        if self.closing:
+            self.keep_alive = False
+        route = self.route
+        rewrite = route.rewrite_location if route.location.proxy_redirect == "default" else None  # type: ignore[union-attr]
+        out = response_head(head, client_version, self.keep_alive, self.dechunk, rewrite, self.vars)
+        self.resp_started = True
+        if framing == NONE:
+            self.resp_done = True
+        elif framing == LENGTH:
+            self.resp_left = head.length
+        elif framing == CHUNKED:
+            self.resp_chunks = ChunkedDecoder()
+        if rest and not self.resp_done:
+            out += self._body_part(memoryview(rest))  # head and first body bytes in one send
+        self._send_client(out)
+        if self.resp_done:
+            self._finish()
+
+    def _relay_response_body(self, data: memoryview) -> None:
+        self._send_client(self._body_part(data))
+        if self.c_out is not None and isinstance(self.c_out, memoryview):
+            self.c_out = bytes(self.c_out)  # the scratch buffer is reused by the next recv
+        if self.resp_done:
+            self._finish()
+
+    def _body_part(self, data: memoryview) -> bytes | memoryview:
+        """The bytes of `data` to forward to the client; advances the response framing."""
+        head = self.rhead
+        framing = head.framing  # type: ignore[union-attr]
+        if framing == LENGTH:
+            n = len(data)
+            if n > self.resp_left:
+                data = data[: self.resp_left]  # bytes beyond the declared length: never forwarded
+                head.keep_alive = False  # type: ignore[union-attr]
+                n = self.resp_left
+            self.resp_left -= n
+            self.resp_done = self.resp_left == 0
+        elif framing == CHUNKED:
+            consumed, spans, done = self.resp_chunks.feed(data)  # type: ignore[union-attr]
+            self.resp_done = done
+            if consumed < len(data):
+                head.keep_alive = False  # type: ignore[union-attr]
+            data = data[:consumed]
+            if self.dechunk:
+                out = b"".join([data[a:b] for a, b in spans])
+                self.sent += len(out)
+                return out
+        self.sent += len(data)
+        return data
+
+    def _upstream_eof(self) -> None:
+        rhead = self.rhead
+        if rhead is None:
+            if self.rparser.buffered:  # type: ignore[union-attr]
+                raise BadGateway(f"upstream {self.up.addr_text} closed mid-head")  # type: ignore[union-attr]
+            if self._retry():
+                return
+            raise BadGateway(f"upstream {self.up.addr_text} closed the connection before responding")  # type: ignore[union-attr]
+        if rhead.framing == CLOSE or self.dechunk and self.resp_chunks is None:
+            self.resp_done = True
+            self._finish()
+            return
+        self._abort(f"upstream {self.up.addr_text} closed mid-body")  # type: ignore[union-attr]
+
+    def _upstream_failed(self, e: BaseException) -> None:
+        if self.state != EXCHANGE or self.up is None:
+            return
+        if self.rhead is None and not self.resp_started:
+            if self._retry():
+                return
+            if self.connecting:
+                self._fail(502, f"{e}")
+            else:
+                self._fail(502, f"upstream {self.up.addr_text}: {e}")
+            return
+        self._abort(f"upstream {self.up.addr_text}: {e}")
+
+    def _retry(self) -> bool:
+        """Once, for an idempotent request fully in memory that failed on a reused connection."""
+        up = self.up
+        if self.retried or self.replay is None or up is None or not (up.reused or self.connecting):
+            return False
+        if self.connecting:
+            # a refused connect: try the next server of the group, once per server
+            if self.attempt + 1 >= len(self.route.upstream.servers):  # type: ignore[union-attr]
+                return False
+            self.attempt += 1
+        else:
+            self.retried = True
+        up.close()
+        self.up = None
+        self.up_out = None
+        self._connect_and_send(self.replay)
+        return True
+
+    def _switch(self, head: Head) -> None:
+        """A 101: tunnel if the client asked for that protocol and the location allows it."""
+        req = self.head
+        offered = req.upgrade  # type: ignore[union-attr]
+        chosen = head.upgrade
+        loc = self.route.location  # type: ignore[union-attr]
+        if not offered or not chosen:
+            raise BadGateway(f"upstream {self.up.addr_text} sent 101 to a request that did not ask to upgrade")  # type: ignore[union-attr]
+        token = chosen[0]
+        name = token.split(b"/", 1)[0]
+        if token not in offered and name not in {t.split(b"/", 1)[0] for t in offered}:
+            raise BadGateway(f"upstream {self.up.addr_text} switched to {token!r}, which the client did not offer")  # type: ignore[union-attr]
+        if name.decode("latin-1") not in loc.upgrade_protocols or name == b"h2c":
+            raise BadGateway(f"upgrade to {token!r} is not in upgrade_protocols of location {loc.path!r}")
+        self.status = 101
+        out = switching_head(head)
+        to_client = out + self.rparser.take_rest()  # type: ignore[union-attr]
+        to_upstream = self.pipelined
+        if self.up_out is not None:
+            to_upstream = bytes(self.up_out) + to_upstream
+        ctx = self.ctx
+        up = self.up
+        self.up = None
+        ctx.loop.remove(up.fd)  # type: ignore[union-attr]
+        self._detach()
+        self._access_log()
+        Tunnel(ctx, self.sock, up.sock, location=loc.path, client_addr=f"{self.remote}:{self.remote_port}",  # type: ignore[union-attr]
+               upstream_addr=up.addr_text, protocol=name.decode("latin-1"),  # type: ignore[union-attr]
+               idle_timeout=loc.tunnel_timeout or loc.proxy_read_timeout, fin_timeout=loc.tunnel_fin_timeout,
+               send_timeout=loc.send_timeout, proxy_send_timeout=loc.proxy_send_timeout,
+               to_upstream=to_upstream, to_client=to_client)
+
+    # -- to the client -----------------------------------------------------------
+
+    def _send_client(self, data: bytes | memoryview, flush: bool = True) -> None:
+        if self.c_out is not None:
+            self.c_out = bytes(self.c_out) + bytes(data)
+            return
+        if not flush:
+            self.c_out = bytes(data)
+            return
+        n = self.sock.send(data)
+        self.c_out = data[n:] if n < len(data) else None
+
+    def _flush_client(self) -> None:
+        data = self.c_out
+        n = self.sock.send(data)  # type: ignore[arg-type]
+        self.c_out = data[n:] if n < len(data) else None  # type: ignore[index,arg-type]
+        if self.c_out is None:
+            if self.state == EXCHANGE and self.resp_done:
+                self._finish()
+            elif self.state == LINGER:
+                self._linger()
+
+    def _finish(self) -> None:
+        """The response is complete (it may still be in c_out): settle both sides."""
+        if self.c_out is not None and isinstance(self.c_out, memoryview):
+            self.c_out = bytes(self.c_out)
+        up = self.up
+        if up is not None:
+            rhead = self.rhead
+            clean = (self.req_done and rhead is not None and rhead.keep_alive
+                     and rhead.framing in (LENGTH, CHUNKED, NONE) and self.up_out is None)
+            self.up = None
+            if clean:
+                self.ctx.pools.release(up, self.route.upstream)  # type: ignore[union-attr]
+            else:
+                up.close()
+        if self.c_out is not None:
+            return  # wait for the client to take the rest; _flush_client calls back
+        self._access_log()
+        if not self.keep_alive:
+            self._linger()
+            return
+        idle = self.ctx.config.master.drain_idle_grace if self.closing else self.route.location.keepalive_timeout  # type: ignore[union-attr]
+        self.state = HEAD
+        self.head = None
+        self.rparser = None
+        self.rhead = None
+        self.route = None
+        self.vars = None
+        loop = self.ctx.loop
+        loop.arm(self.timer, loop.now + idle)
+        if self.pipelined:
+            data, self.pipelined = self.pipelined, b""
+            self._feed_head(data)
+
+    # -- errors and closing --------------------------------------------------------
+
+    def _fail(self, status: int, why: str) -> None:
+        """Answer with a small error response if nothing was sent yet, else abort."""
+        if self.state in (LINGER, CLOSED):
+            return
+        if self.resp_started if self.state == EXCHANGE else False:
+            self._abort(why)
+            return
+        head = self.head
+        log.error("%d: %s, client %s, request %r", status, why, self.remote,
+                  head.method + b" " + head.target[:200] if head is not None else b"-")
+        if self.up is not None:
+            self.up.close()
+            self.up = None
+        self.status = status
+        self.state = EXCHANGE
+        self.c_out = None
+        try:
+            self._send_client(error_response(status))
+        except _SEND_ERRORS:
+            self._close()
+            return
+        if head is not None:
+            self._access_log()
+        self._linger()
+
+    def _abort(self, why: str) -> None:
+        log.error("aborting client %s: %s", self.remote, why)
+        if self.up is not None:
+            self.up.abort()
+            self.up = None
+        self._detach()
+        netio.abort(self.sock)
+
+    def _client_gone(self, e: BaseException) -> None:
+        log.info("client %s: %s", self.remote, e)
+        if self.up is not None:
+            self.up.abort()  # do not pool a connection with an unfinished exchange
+            self.up = None
+        self._close()
+
+    def _linger(self) -> None:
+        """Orderly close: FIN after the pending output, then read and discard until EOF."""
+        self.state = LINGER
+        loop = self.ctx.loop
+        if self.c_out is not None:
+            # the rest of the output first (bounded by send_timeout), then the FIN
+            loop.arm(self.timer, loop.now + (self.route.location.send_timeout if self.route else LINGER_TIMEOUT))
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close()
+            return
+        loop.arm(self.timer, loop.now + LINGER_TIMEOUT)
+
+    def _discard(self) -> None:
+        if self.c_out is not None:
+            return  # still flushing; EVENT_IN only tells the client sent more
+        view = self.ctx.scratch_view
+        try:
+            n = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if n == 0:
+            self._close()
+
+    def _detach(self) -> None:
+        """Leave the loop and the live set without closing the socket (abort/tunnel)."""
+        ctx = self.ctx
+        ctx.loop.remove(self.fd)
+        ctx.loop.disarm(self.timer)
+        ctx.live.discard(self)
+        ctx.stats.connections -= 1
+        self.state = CLOSED
+
+    def _close(self) -> None:
+        if self.state == CLOSED:
+            return
+        if self.up is not None:
+            self.up.close()
+            self.up = None
+        self._detach()
+        self.sock.close()
+
+    def _access_log(self) -> None:
+        alog = self.ctx.access_log
+        head = self.head
+        if alog is None or head is None:
+            return
+        h = head.headers
+        alog.write(
+            f'{self.remote} - - [{time_local()}] "{head.method.decode("latin-1")} {head.target.decode("latin-1")} '
+            f'HTTP/{head.version // 10}.{head.version % 10}" {self.status} {self.sent} '
+            f'"{(h.get(b"referer") or b"-").decode("latin-1")}" "{(h.get(b"user-agent") or b"-").decode("latin-1")}" '
+            f'{self.up_addr} {time.time() - self.t0:.3f}\n'
+        )
+
+    # -- worker hooks ------------------------------------------------------------
+
+    def drain(self) -> None:
+        """The worker drains: finish the exchange with Connection: close; idle ones go after a grace."""
+        self.closing = True
+        if self.state == EXCHANGE and not self.resp_started:
+            self.keep_alive = False
+        if self.state == HEAD and not self.parser.buffered and self.c_out is None:
+            loop = self.ctx.loop
+            loop.arm(self.timer, loop.now + self.ctx.config.master.drain_idle_grace)
+
+    def shutdown(self, reason: str) -> None:
+        if self.state == EXCHANGE and self.resp_started:
+            self._abort(reason)
+        else:
+            self._close()
+
+

@@ -1,0 +1,284 @@
+"""A worker process: accept, run the loop, drain on QUIT, stop on TERM (layer 4).
+
+Invariants:
+- `run()` is called in the child right after fork with signals still blocked; it
+  installs its own handlers and wakeup fd first, then unblocks. Handlers only record
+  the signal; the loop acts on it at the next iteration.
+- Listeners are watched with EPOLLEXCLUSIVE (one or a few workers woken per
+  connection, no thundering herd), and re-registered from time to time so the kernel
+  does not keep favouring the worker that registered first. Pausing accept means
+  remove + add (EPOLL_CTL_MOD cannot carry EPOLLEXCLUSIVE).
+- Accept in batches; on EMFILE/ENFILE, or at `worker_connections`, stop accepting
+  and retry on a later tick.
+- Draining: stop accepting (remove the listeners from epoll before closing this
+  worker's copy), let every connection finish, keep tunnels until `shutdown_timeout`
+  and close the ones still open at random moments within the last `close_spread`.
+- The worker never parses HTTP; connections do.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import logging
+import os
+import random
+import signal
+from typing import TYPE_CHECKING, Sequence
+
+from . import log as logs
+from .conn import ClientConnection
+from .context import WorkerContext
+from .loop import EXCLUSIVE, IN, EventLoop, Timer
+from .netio import set_nodelay
+from .pipes import PipePool, splice_supported
+from .routes import Router
+from .scoreboard import DRAINING, EXITING, READY
+from .upstream import UpstreamPools
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .netio import Listener
+    from .scoreboard import Slot
+
+log = logging.getLogger("forkproxy")
+
+TICK = 0.5                 # heartbeat, log flush, parent check
+ACCEPT_BATCH = 64
+REBALANCE_EVERY = 2.0      # seconds between listener re-registrations
+EMFILE_BACKOFF = 0.5
+_ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _set_title(text: str) -> None:
+    try:
+        import setproctitle
+        setproctitle.setproctitle(text)
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+
+
+class Worker:
+    __slots__ = ("ctx", "listeners", "slot", "signals", "stopping", "drain_started", "final_window",
+                 "ppid", "accepting", "tick_timer", "wake_r", "wake_w", "servers", "title", "cap",
+                 "last_rebalance")
+
+    def __init__(self, config: Config, listeners: Sequence[Listener], index: int, generation: int,
+                 slot: Slot) -> None:
+        loop = EventLoop()
+        m = config.master
+        pipes = None
+        if m.splice_pipes > 0 and splice_supported():
+            pipes = PipePool(m.splice_pipes, m.splice_idle_pipes, m.pipe_size)
+        self.ctx = WorkerContext(loop, config, Router(config), UpstreamPools(loop), pipes,
+                                 logs.open_record_log(m.access_log), logs.open_record_log(m.tunnel_log),
+                                 index, generation)
+        self.listeners = list(listeners)
+        self.slot = slot
+        self.signals: list[int] = []
+        self.stopping = False
+        self.drain_started = 0.0
+        self.final_window: float | None = None
+        self.ppid = os.getppid()
+        self.accepting = False
+        self.cap = m.worker_connections
+        self.title = f"forkproxy: worker {index} gen {generation}"
+        self.last_rebalance = loop.now
+        router = self.ctx.router
+        # the server that answers on each listener before Host is known (its timeouts and limits)
+        self.servers = {id(li): router.server_for(li.address, None) for li in self.listeners}
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.tick_timer = Timer(self._tick)
+
+    # -- signals -----------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, self._record)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.ctx.loop.add(self.wake_r, IN, self._on_wake)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def _on_wake(self, events: int) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        pending, self.signals = self.signals, []
+        for sig in pending:
+            if sig == signal.SIGTERM:
+                self.stop("SIGTERM")
+            elif sig == signal.SIGQUIT:
+                self.drain()
+            elif sig == signal.SIGUSR1:
+                logs.reopen_logs()
+            elif sig == signal.SIGUSR2 and self.ctx.draining:
+                self._start_final_window(self.ctx.loop.now)
+
+    # -- accepting ---------------------------------------------------------------
+
+    def _resume_accept(self) -> None:
+        if self.accepting or self.ctx.draining:
+            return
+        loop = self.ctx.loop
+        for li in self.listeners:
+            loop.add(li.sock.fileno(), IN | EXCLUSIVE, self._acceptor(li))
+        self.accepting = True
+
+    def _pause_accept(self) -> None:
+        if not self.accepting:
+            return
+        loop = self.ctx.loop
+        for li in self.listeners:
+            loop.remove(li.sock.fileno())
+        self.accepting = False
+
+    def _acceptor(self, li: Listener):  # type: ignore[no-untyped-def]
+        lsock = li.sock
+        server = self.servers[id(li)]
+        ctx = self.ctx
+        live = ctx.live
+
+        def on_accept(events: int) -> None:
+            for _ in range(ACCEPT_BATCH):
+                if len(live) >= self.cap:
+                    self._pause_accept()
+                    return
+                try:
+                    sock, addr = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    if e.errno in _ACCEPT_PAUSE:
+                        log.error("accept: %s; pausing accept for %.1fs", e, EMFILE_BACKOFF)
+                        self._pause_accept()
+                        ctx.loop.call_later(EMFILE_BACKOFF, self._resume_accept)
+                    elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                        log.error("accept: %s", e)
+                    return
+                sock.setblocking(False)
+                set_nodelay(sock)
+                try:
+                    ClientConnection(ctx, sock, addr, li, server)
+                except OSError as e:  # the client vanished between accept and registration
+                    log.info("accepted connection failed at once: %s", e)
+                    sock.close()
+
+        return on_accept
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _publish(self, state: int) -> None:
+        ctx = self.ctx
+        self.slot.publish(state=state, connections=ctx.stats.connections,
+                          tunnels=ctx.stats.tunnels, requests=ctx.stats.requests)
+
+    def _tick(self) -> None:
+        ctx = self.ctx
+        loop = ctx.loop
+        logs.flush_logs()
+        if os.getppid() != self.ppid:
+            log.error("master %d is gone; worker exits", self.ppid)
+            self.stop("master died")
+            return
+        if ctx.draining:
+            self._publish(DRAINING)
+            self._drain_step()
+        else:
+            self._publish(READY)
+            if not self.accepting and len(ctx.live) < self.cap:
+                self._resume_accept()
+            elif self.accepting and len(self.listeners) and loop.now - self.last_rebalance >= REBALANCE_EVERY:
+                # move this worker to the back of each listener's wake-up order
+                self.last_rebalance = loop.now
+                self._pause_accept()
+                self._resume_accept()
+        if not self.stopping:
+            loop.arm(self.tick_timer, loop.now + TICK)
+
+    def drain(self) -> None:
+        ctx = self.ctx
+        if ctx.draining:
+            return
+        ctx.draining = True
+        self.drain_started = ctx.loop.now
+        self.title += " draining"
+        _set_title(self.title)
+        log.info("draining: %d connections, %d tunnels", ctx.stats.connections, ctx.stats.tunnels)
+        self._pause_accept()
+        for li in self.listeners:
+            li.sock.close()  # the master keeps its copy; ours is out of epoll already
+        self.listeners = []
+        for c in list(ctx.live):
+            c.drain()
+        self._publish(DRAINING)
+        m = ctx.config.master
+        window_start = self.drain_started + max(0.0, m.shutdown_timeout - m.close_spread)
+        ctx.loop.call_later(window_start - ctx.loop.now, lambda: self._start_final_window(window_start))
+
+    def _start_final_window(self, start: float) -> None:
+        """Close what is still open at random moments within close_spread from `start`."""
+        if self.final_window is not None and self.final_window <= start:
+            return
+        ctx = self.ctx
+        spread = ctx.config.master.close_spread
+        self.final_window = start
+        for c in list(ctx.live):
+            ctx.loop.call_later(max(0.0, start - ctx.loop.now) + random.uniform(0, spread),
+                                lambda c=c: c.shutdown("shutdown") if c in ctx.live else None)
+        ctx.loop.call_later(max(0.0, start - ctx.loop.now) + spread + 0.1, lambda: self.stop("shutdown_timeout"))
+
+    def _drain_step(self) -> None:
+        if not self.ctx.live:
+            self.stop("drained")
+
+    def stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        ctx = self.ctx
+        log.info("worker stopping (%s)", why)
+        self._pause_accept()
+        for c in list(ctx.live):
+            c.shutdown("shutdown")
+        ctx.pools.close_all()
+        ctx.loop.running = False
+
+    def serve(self) -> int:
+        ctx = self.ctx
+        loop = ctx.loop
+        _set_title(self.title)
+        logs.set_role(f"worker {ctx.index} gen {ctx.generation}")
+        self._resume_accept()
+        loop.arm(self.tick_timer, loop.now + TICK)
+        self._publish(READY)
+        gc.collect()
+        while loop.running:
+            loop.run_once()
+            if ctx.draining and not ctx.live:
+                self.stop("drained")
+        self.slot.publish(state=EXITING, connections=0, tunnels=ctx.stats.tunnels, requests=ctx.stats.requests)
+        logs.flush_logs()
+        logs.close_record_logs()
+        loop.close()
+        return 0
+
+
+def run(config: Config, listeners: Sequence[Listener], index: int, generation: int, slot: Slot) -> int:
+    """The worker's entry point, called in the child after fork; returns the exit code."""
+    worker = Worker(config, listeners, index, generation, slot)
+    worker.install_signals()
+    try:
+        return worker.serve()
+    except Exception:
+        log.exception("worker %d crashed", index)
+        logs.flush_logs()
+        return 1
+
