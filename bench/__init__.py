@@ -1,0 +1,1 @@
+"""Tools around forkproxy: the demo backend, `make run`, load generators and tuning."""
