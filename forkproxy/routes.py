@@ -1,0 +1,287 @@
+# Routing and the upstream request head (layer 1, pure; compiled once per config load).
+#
+# Invariants:
+# - A Router is built from one Config and never changes; everything a request needs
+#   (regexes, templates, maps, name and prefix tables, head pieces) is compiled in
+#   __init__, so server_for/route cost a few dict lookups for common configs.
+# - Server choice is nginx's: exact name, longest "*.x"/".x", longest "x.*", first
+#   regex, else the address's default_server (else its first server).
+# - Location choice is nginx's on the normalised path: "=" wins at once; the longest
+#   prefix is remembered and wins at once if "^~"; else the first matching regex in
+#   config order; else the remembered prefix; None means 404.
+# - request_head removes hop-by-hop fields (and those Connection names), Host and every
+#   field set_header sets, and adds Host, set_header values and framing: the upstream
+#   sees exactly one Host and never a Transfer-Encoding the proxy did not choose.
+"""Router (server and location choice) and Route (target, head, redirects)."""
+
+from __future__ import annotations
+
+import re
+
+from forkproxy.confmodel import Config, Location, Server, Upstream
+from forkproxy.http.headers import end_to_end
+from forkproxy.template import Compiler, RequestVars, Template
+from forkproxy.uri import encode_path, normalize_path, target_host
+
+__all__ = [
+    "RequestVars", "Route", "Router", "Template", "normalize_path", "target_host",
+]
+
+
+class Route:
+    """One compiled location: where a request goes and how its head is rebuilt."""
+
+    __slots__ = (
+        "location", "upstream", "stop", "_prefix_len", "_uri", "_version", "_drop",
+        "_host", "_fields", "_close", "_redirect_hosts", "_redirect_from", "_redirect_to",
+    )
+
+    def __init__(self, location: Location, upstream: Upstream, compiler: Compiler) -> None:
+        self.location = location
+        self.upstream = upstream
+        # A "^~" prefix (and an exact match) ends the search without trying regexes.
+        self.stop = location.modifier in ("^~", "=")
+        self._prefix_len = len(location.pattern.encode())
+        uri = location.proxy_pass_uri
+        self._uri = None if uri is None else uri.encode()
+        self._version = b" HTTP/" + location.proxy_http_version.encode()
+        constants = {"proxy_host": upstream.name.encode()}
+        host: Template | None = None
+        fields: list[tuple[bytes, Template]] = []
+        for name, text in location.set_header:
+            template = compiler.template(text, constants)
+            if name.lower() == "host":
+                host = template
+            else:
+                fields.append((name.encode() + b": ", template))
+        self._host = host
+        self._fields = tuple(fields)
+        self._drop = frozenset({b"host"} | {n.lower().encode() for n, _ in location.set_header})
+        # nginx sends "Connection: close" to HTTP/1.0 upstreams; 1.1 keeps the
+        # connection alive with no Connection field at all (unless set_header sets one).
+        sets_connection = b"connection" in self._drop
+        self._close = location.proxy_http_version == "1.0" and not sets_connection
+        self._redirect_hosts, self._redirect_from, self._redirect_to = _redirect_map(
+            location, upstream
+        )
+
+    def upstream_target(self, v: RequestVars) -> bytes:
+        """The request target sent upstream (nginx's proxy_pass URI rule)."""
+        if self._uri is None:
+            target = v.request_uri
+            if target[:1] == b"/":
+                return target
+            return _origin_form(target)
+        path = self._uri + encode_path(v.uri[self._prefix_len :])
+        return path + b"?" + v.args if v.args else path
+
+    def request_head(self, v: RequestVars, framing_chunked: bool) -> bytes:
+        """The complete head for the upstream, CRLFCRLF included, built in one join."""
+        lines = [v.head.method + b" " + self.upstream_target(v) + self._version]
+        if self._host is None:
+            lines.append(b"Host: " + v.host)
+        else:
+            value = self._host.render(v)
+            if value:
+                lines.append(b"Host: " + value)
+        lines += [name + b": " + value for name, value in end_to_end(v.head.headers, self._drop)]
+        for prefix, template in self._fields:
+            value = template.render(v)
+            if value:  # a value that renders empty removes the field (as nginx)
+                lines.append(prefix + value)
+        if self._close:
+            lines.append(b"Connection: close")
+        if framing_chunked:
+            lines.append(b"Transfer-Encoding: chunked")
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
+
+    def rewrite_location(self, value: bytes, v: RequestVars) -> bytes | None:
+        """proxy_redirect default for a Location or Refresh value; None = unchanged.
+
+        "http://<upstream>/<proxy_pass URI>rest" becomes
+        "<scheme>://<client's host>/<location prefix>rest" (without a URI part, "/" maps
+        to "/"). <upstream> is the upstream's name, one of its servers, or the Host
+        forkproxy sent it (by default the client's host).
+        """
+        if self._redirect_from is None:
+            return None
+        lead = b""
+        url = value
+        if value[:7].lower() != b"http://":
+            at = value.lower().find(b"url=")
+            if at < 0:
+                return None
+            lead, url = value[: at + 4], value[at + 4 :]
+            if url[:7].lower() != b"http://":
+                return None
+        slash = url.find(b"/", 7)
+        authority = (url[7:] if slash < 0 else url[7:slash]).lower()
+        path = b"/" if slash < 0 else url[slash:]
+        client = v.head.headers.get(b"host") or v.host
+        if authority not in self._redirect_hosts and authority not in (v.host, client.lower()):
+            return None
+        if not path.startswith(self._redirect_from):
+            return None
+        rest = path[len(self._redirect_from) :]
+        return lead + v.scheme + b"://" + client + self._redirect_to + rest
+
+
+def _origin_form(target: bytes) -> bytes:
+    """The path and query of an absolute-form target ("http://h/p?q" -> "/p?q")."""
+    start = target.find(b"://") + 3
+    cut = [i for i in (target.find(b"/", start), target.find(b"?", start)) if i >= 0]
+    rest = target[min(cut) :] if cut else b""
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
+def _redirect_map(
+    location: Location, upstream: Upstream
+) -> tuple[frozenset[bytes], bytes | None, bytes]:
+    if location.proxy_redirect == "off":
+        return frozenset(), None, b""
+    hosts = {upstream.name.lower().encode()}
+    for host, port in upstream.servers:
+        shown = f"[{host}]" if ":" in host else host
+        hosts.add(f"{shown}:{port}".encode())
+        if port == 80:
+            hosts.add(shown.encode())
+    if location.proxy_pass_uri is None:
+        return frozenset(hosts), b"/", b"/"
+    return frozenset(hosts), location.proxy_pass_uri.encode(), location.pattern.encode()
+
+
+class _Locations:
+    """The compiled locations of one server."""
+
+    __slots__ = ("exact", "prefixes", "lengths", "regexes")
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.exact: dict[bytes, Route] = {}
+        self.prefixes: dict[bytes, Route] = {}
+        regexes: list[tuple[re.Pattern[bytes], Route]] = []
+        for route in routes:
+            loc = route.location
+            key = loc.pattern.encode()
+            if loc.modifier == "=":
+                self.exact.setdefault(key, route)
+            elif loc.modifier in ("", "^~"):
+                self.prefixes.setdefault(key, route)
+            else:
+                flags = re.IGNORECASE if loc.modifier == "~*" else 0
+                regexes.append((re.compile(key, flags), route))
+        self.lengths = tuple(sorted({len(p) for p in self.prefixes}, reverse=True))
+        self.regexes = tuple(regexes)
+
+
+class _Names:
+    """The server_name tables of one listen address."""
+
+    __slots__ = ("exact", "head", "head_dot", "tail", "regexes", "default", "no_host")
+
+    def __init__(self, servers: list[Server], default: Server) -> None:
+        self.exact: dict[bytes, Server] = {}
+        self.head: dict[bytes, Server] = {}  # "*.example.com" -> b"example.com"
+        self.head_dot: dict[bytes, Server] = {}  # ".example.com" -> b"example.com"
+        self.tail: dict[bytes, Server] = {}  # "www.example.*" -> b"www.example"
+        regexes: list[tuple[re.Pattern[bytes], Server]] = []
+        for server in servers:
+            for name in server.server_name:
+                raw = name.encode()
+                if name.startswith("~"):
+                    regexes.append((re.compile(raw[1:]), server))
+                elif name.startswith("*."):
+                    self.head.setdefault(raw[2:], server)
+                elif name.startswith(".") and len(name) > 1:
+                    self.head_dot.setdefault(raw[1:], server)
+                elif name.endswith(".*"):
+                    self.tail.setdefault(raw[:-2], server)
+                else:
+                    self.exact.setdefault(raw, server)
+        self.regexes = tuple(regexes)
+        self.default = default
+        # No Host (HTTP/1.0): the server named "" (every server is, by default), the
+        # default_server first when it is one of them.
+        self.no_host = default if "" in default.server_name else self.exact.get(b"", default)
+
+    def find(self, host: bytes | None) -> Server:
+        if not host:
+            return self.no_host
+        server = self.exact.get(host)
+        if server is not None:
+            return server
+        if self.head or self.head_dot:
+            server = self.head_dot.get(host)
+            dot = host.find(b".")
+            while server is None and dot >= 0:
+                suffix = host[dot + 1 :]
+                server = self.head.get(suffix) or self.head_dot.get(suffix)
+                dot = host.find(b".", dot + 1)
+            if server is not None:
+                return server
+        if self.tail:
+            dot = host.rfind(b".")
+            while dot > 0:
+                server = self.tail.get(host[:dot])
+                if server is not None:
+                    return server
+                dot = host.rfind(b".", 0, dot)
+        for pattern, server in self.regexes:
+            if pattern.search(host) is not None:
+                return server
+        return self.default
+
+
+class Router:
+    """Server and location choice for one Config; build once, share read-only."""
+
+    __slots__ = ("config", "routes", "_locations", "_addresses")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        compiler = Compiler(config.maps)
+        self.routes: tuple[tuple[Route, ...], ...] = tuple(
+            tuple(Route(loc, config.upstreams[loc.proxy_pass_upstream], compiler)
+                  for loc in server.locations)
+            for server in config.servers
+        )
+        self._locations = {s.index: _Locations(list(r)) for s, r in zip(config.servers, self.routes)}
+        by_address: dict[tuple[str, int], list[Server]] = {}
+        for server in config.servers:
+            for listen in server.listen:
+                by_address.setdefault((listen.host, listen.port), []).append(server)
+        self._addresses: dict[tuple[str, int], _Names] = {}
+        for address, servers in by_address.items():
+            default = next(
+                (s for s in servers for lst in s.listen
+                 if (lst.host, lst.port) == address and lst.default_server),
+                servers[0],
+            )
+            self._addresses[address] = _Names(servers, default)
+
+    def server_for(self, listen: tuple[str, int], host: bytes | None) -> Server:
+        """The server for a request on the configured address `listen` with this Host
+        (normalised: lowercase, no port; None or b"" when absent)."""
+        return self._addresses[listen].find(host)
+
+    def route(self, server: Server, path: bytes) -> Route | None:
+        """The location for a normalised path (nginx order), None for 404."""
+        table = self._locations[server.index]
+        if table.exact:
+            found = table.exact.get(path)
+            if found is not None:
+                return found
+        found = None
+        size = len(path)
+        prefixes = table.prefixes
+        for length in table.lengths:
+            if length <= size:
+                found = prefixes.get(path[:length])
+                if found is not None:
+                    if found.stop:
+                        return found
+                    break
+        for pattern, route in table.regexes:
+            if pattern.search(path) is not None:
+                return route
+        return found
