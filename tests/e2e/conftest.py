@@ -1,0 +1,40 @@
+"""Fixtures for end-to-end tests: real masters in temp dirs, never leaked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import DEFAULT_BODY, Proxy  # tests/e2e is on sys.path (rootdir-relative imports)
+
+ProxyFactory = Callable[..., Proxy]
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
+    """`make_proxy(body=..., workers=2, master={...}, start=True)` -> a running Proxy.
+
+    Every proxy made here is SIGKILLed (its whole process group) when the test ends,
+    whatever happened in it.
+    """
+    made: list[Proxy] = []
+
+    def make(body: str = DEFAULT_BODY, *, start: bool = True, **kwargs: Any) -> Proxy:
+        proxy = Proxy(tmp_path / f"proxy{len(made)}", body, **kwargs)
+        made.append(proxy)
+        if start:
+            proxy.start()
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.kill_all()
+
+
+@pytest.fixture
+def proxy(make_proxy: ProxyFactory) -> Proxy:
+    """A running master with 2 workers and the default (backend-less) config."""
+    return make_proxy()
