@@ -367,7 +367,7 @@ class _Builder:
         seen: dict[tuple[str, str], int] = {}
         for i, loc_table in enumerate(tables):
             loc = self._location(f"{path}.location[{i}]", loc_table, inherited)
-            kind = ("prefix" if loc.modifier == "^~" else loc.modifier, loc.pattern)
+            kind = ("prefix" if loc.modifier in ("", "^~") else loc.modifier, loc.pattern)
             if kind in seen:
                 raise ConfigError(f"{path}.location[{i}].path",
                                   f'duplicate location "{loc.pattern}" (also location[{seen[kind]}])')

@@ -46,6 +46,8 @@ class FrozenMap(Mapping[str, V]):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FrozenMap):
             return self._dict == other._dict
+        if isinstance(other, Mapping):
+            return self._dict == dict(other.items())
         return NotImplemented
 
     def __setattr__(self, name: str, value: object) -> None:

@@ -17,11 +17,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from forkproxy.confmodel import Config, Location, Server, Upstream
 from forkproxy.http.headers import end_to_end
 from forkproxy.template import Compiler, RequestVars, Template
-from forkproxy.uri import encode_path, normalize_path, target_host
+from forkproxy.uri import encode_path, normalize_path, origin_form, target_host
 
 __all__ = [
     "RequestVars", "Route", "Router", "Template", "normalize_path", "target_host",
@@ -71,7 +72,7 @@ class Route:
             target = v.request_uri
             if target[:1] == b"/":
                 return target
-            return _origin_form(target)
+            return origin_form(target)
         path = self._uri + encode_path(v.uri[self._prefix_len :])
         return path + b"?" + v.args if v.args else path
 
@@ -127,14 +128,6 @@ class Route:
         return lead + v.scheme + b"://" + client + self._redirect_to + rest
 
 
-def _origin_form(target: bytes) -> bytes:
-    """The path and query of an absolute-form target ("http://h/p?q" -> "/p?q")."""
-    start = target.find(b"://") + 3
-    cut = [i for i in (target.find(b"/", start), target.find(b"?", start)) if i >= 0]
-    rest = target[min(cut) :] if cut else b""
-    return rest if rest.startswith(b"/") else b"/" + rest
-
-
 def _redirect_map(
     location: Location, upstream: Upstream
 ) -> tuple[frozenset[bytes], bytes | None, bytes]:
@@ -151,6 +144,9 @@ def _redirect_map(
     return frozenset(hosts), location.proxy_pass_uri.encode(), location.pattern.encode()
 
 
+_Search = Callable[[bytes], "re.Match[bytes] | None"]
+
+
 class _Locations:
     """The compiled locations of one server."""
 
@@ -159,7 +155,7 @@ class _Locations:
     def __init__(self, routes: list[Route]) -> None:
         self.exact: dict[bytes, Route] = {}
         self.prefixes: dict[bytes, Route] = {}
-        regexes: list[tuple[re.Pattern[bytes], Route]] = []
+        regexes: list[tuple[_Search, Route]] = []
         for route in routes:
             loc = route.location
             key = loc.pattern.encode()
@@ -169,7 +165,7 @@ class _Locations:
                 self.prefixes.setdefault(key, route)
             else:
                 flags = re.IGNORECASE if loc.modifier == "~*" else 0
-                regexes.append((re.compile(key, flags), route))
+                regexes.append((re.compile(key, flags).search, route))
         self.lengths = tuple(sorted({len(p) for p in self.prefixes}, reverse=True))
         self.regexes = tuple(regexes)
 
@@ -281,7 +277,7 @@ class Router:
                     if found.stop:
                         return found
                     break
-        for pattern, route in table.regexes:
-            if pattern.search(path) is not None:
+        for search, route in table.regexes:
+            if search(path) is not None:
                 return route
         return found

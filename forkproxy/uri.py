@@ -25,22 +25,20 @@ _UNSAFE_IN_PATH = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=-]*)(?::(\d*))?")
 
 
-def _split_target(target: bytes) -> tuple[bytes, bytes]:
-    """(path, query) of an origin-form or absolute-form target; query without "?"."""
-    if not target.startswith(b"/"):
-        scheme_end = target.find(b"://")
-        if scheme_end <= 0 or target[:scheme_end].lower() not in (b"http", b"https"):
-            raise BadRequest(f"unsupported request target {target[:64]!r}")
-        start = scheme_end + 3
-        ends = [i for i in (target.find(b"/", start), target.find(b"?", start)) if i >= 0]
-        rest = target[min(ends):] if ends else b""
-        if not rest.startswith(b"/"):
-            rest = b"/" + rest
-        target = rest
-    if b"#" in target:
-        raise BadRequest("fragment in request target")
-    path, _, query = target.partition(b"?")
-    return path, query
+# Anything in a path that normalisation has to look at; a path without it is returned
+# as it is (the common case costs one search).
+_NEEDS_WORK = re.compile(rb"[%#]|/\.|//").search
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of an absolute-form target ("http://h/p?q" -> "/p?q")."""
+    scheme_end = target.find(b"://")
+    if scheme_end <= 0 or target[:scheme_end].lower() not in (b"http", b"https"):
+        raise BadRequest(f"unsupported request target {target[:64]!r}")
+    start = scheme_end + 3
+    ends = [i for i in (target.find(b"/", start), target.find(b"?", start)) if i >= 0]
+    rest = target[min(ends) :] if ends else b""
+    return rest if rest.startswith(b"/") else b"/" + rest
 
 
 def _decode_unreserved(path: bytes) -> bytes:
@@ -82,7 +80,13 @@ def normalize_path(target: bytes) -> tuple[bytes, bytes]:
     other escape is kept, uppercased ("%2f" -> "%2F", never "/"). Then dot-segments are
     resolved and repeated slashes merged (nginx's merge_slashes). Raises BadRequest.
     """
-    path, args = _split_target(target)
+    if target[:1] != b"/":
+        target = origin_form(target)
+    path, _, args = target.partition(b"?")
+    if _NEEDS_WORK(path) is None:
+        return path, args
+    if b"#" in path or b"#" in args:
+        raise BadRequest("fragment in request target")
     if b"%" in path:
         path = _decode_unreserved(path)
     if b"/." in path or b"//" in path:
