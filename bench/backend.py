@@ -52,11 +52,14 @@ def payload(n: int) -> bytes:
 
 
 def _payload_pieces(n: int, size: int = len(BLOCK)) -> Iterator[bytes]:
-    block = BLOCK if size == len(BLOCK) else payload(size)
-    while n > 0:
-        piece = block if n >= size else block[:n]
-        n -= len(piece)
-        yield piece
+    """payload(n) in pieces of `size` bytes, without building it whole (it is 64-periodic)."""
+    src = BLOCK if size <= len(BLOCK) - len(LINE) else payload(size + len(LINE))
+    pos = 0
+    while pos < n:
+        k = min(size, n - pos)
+        off = pos % len(LINE)
+        yield src[off : off + k]
+        pos += k
 
 
 class BadRequest(Exception):
