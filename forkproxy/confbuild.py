@@ -146,6 +146,9 @@ _MASTER_VALUES: dict[str, Parser] = {
     "worker_rlimit_nofile": _int(0),
     "max_requests": _int(0),
     "max_worker_rss": _size(0),
+    "splice_pipes": _int(0),
+    "splice_idle_pipes": _int(0),
+    "pipe_size": _size(4096),
 }
 _UPSTREAM_VALUES: dict[str, Parser] = {
     "servers": _string,  # checked by _Builder._upstream (a list of addresses)

@@ -82,6 +82,7 @@ def _master(m: MasterConfig) -> dict[str, Any]:
     for name in _MASTER_DURATIONS:
         out[name] = format_duration(out[name])
     out["max_worker_rss"] = format_size(m.max_worker_rss)
+    out["pipe_size"] = format_size(m.pipe_size)
     return out
 
 

@@ -77,6 +77,9 @@ class MasterConfig:
     worker_rlimit_nofile: int = 0
     max_requests: int = 0
     max_worker_rss: int = 0
+    splice_pipes: int = 1024
+    splice_idle_pipes: int = 16
+    pipe_size: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -36,7 +37,6 @@ from .errors import BadGateway, BadRequest, BodyTooLarge, HttpError, NotFound
 from .http.chunked import ChunkedDecoder
 from .http.parser import CHUNKED, CLOSE, LENGTH, NONE, RequestParser, ResponseParser
 from .http.writer import error_response
-from .http.grammar import HOST_RE
 from .log import time_local
 from .loop import ERR, IN, OUT, Timer
 from .respond import interim_head, response_head, switching_head
@@ -58,6 +58,8 @@ LINGER_TIMEOUT = 2.0
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 RECV_HEAD = 65536
 _SEND_ERRORS = (ConnectionError, OSError)
+# RFC 9110 §7.2: uri-host [ ":" port ]; the Host rules live here, not in the parser
+HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
 
 
 class ClientConnection:
@@ -259,18 +261,9 @@ class ClientConnection:
         if loc.client_max_body_size and head.framing == LENGTH and head.length > loc.client_max_body_size:
             raise BodyTooLarge(f"body of {head.length} bytes exceeds client_max_body_size {loc.client_max_body_size}")
 
-        v = RequestVars()
-        v.head = head
-        v.host = host
-        v.remote_addr = self.remote.encode()
-        v.remote_port = str(self.remote_port).encode()
-        v.server_port = str(self.listener.bound[1]).encode()
-        v.server_name = server.server_name[0].encode() if server.server_name else b""
-        v.scheme = b"http"
-        v.uri = path
-        v.args = args
-        v.request_uri = head.target
-        self.vars = v
+        v = self.vars = RequestVars(head, host, self.remote.encode(), str(self.remote_port).encode(),
+                                    str(self.listener.bound[1]).encode(), server.server_name[0].encode(),
+                                    b"http", path, args, head.target)
         chunked = head.framing == CHUNKED
         if chunked and loc.proxy_http_version == "1.0":
             raise BadRequest("a chunked request body cannot be sent to an HTTP/1.0 upstream")
