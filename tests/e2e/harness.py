@@ -11,9 +11,11 @@ group survives and `kill_all()` (the fixture finaliser) SIGKILLs the whole group
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -294,3 +296,24 @@ def pids_alive(pids: Iterable[int]) -> set[int]:
         except psutil.Error:
             pass
     return out
+
+
+def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 10.0,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a fresh connection: (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def can_connect(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
