@@ -70,6 +70,7 @@ class Master:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         m = config.master
+        self._pidfile_base = m.pidfile  # a reload never moves it (a restart or upgrade does)
         self.pidfile = m.pidfile
         self.board = Scoreboard.create(pidfile.scoreboard_path(m.pidfile))
         self.control: ControlServer | None = None
@@ -334,7 +335,7 @@ class Master:
 
     def _rename_files(self, to_oldbin: bool) -> str | None:
         """Move pidfile, scoreboard and control socket to `.oldbin` names, or back."""
-        base = self.pidfile
+        base = self._pidfile_base
         suffix = pidfile.OLDBIN
         src, dst = (base, base + suffix) if to_oldbin else (base + suffix, base)
         if to_oldbin and os.path.exists(dst):
