@@ -80,7 +80,7 @@ class Route:
         """The complete head for the upstream, CRLFCRLF included, built in one join."""
         lines = [v.head.method + b" " + self.upstream_target(v) + self._version]
         if self._host is None:
-            lines.append(b"Host: " + v.host)
+            lines.append(b"Host: " + (v.host or v.server_name))  # nginx's $host
         else:
             value = self._host.render(v)
             if value:

@@ -149,7 +149,7 @@ def _forwarded_for(v: RequestVars) -> bytes:
 
 
 _BUILTIN_GETTERS: dict[str, Renderer] = {
-    "host": attrgetter("host"),
+    "host": lambda v: v.host or v.server_name,  # nginx: no Host -> the server's name
     "remote_addr": attrgetter("remote_addr"),
     "remote_port": attrgetter("remote_port"),
     "server_port": attrgetter("server_port"),

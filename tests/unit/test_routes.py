@@ -391,6 +391,14 @@ def test_set_header_overrides_and_empty_removes() -> None:
     assert out == b"GET /p HTTP/1.1\r\nHost: h.example:81\r\nX-Via: fp\r\n\r\n"
 
 
+def test_host_falls_back_to_the_server_name() -> None:
+    r = router(server_with("/", extra="server_name = ['named.example']\nset_header = { X-H = '$host' }\n"))
+    h = head(b"GET /p HTTP/1.0\r\n\r\n")
+    v = RequestVars(h, b"", server_name=b"named.example", uri=b"/p", request_uri=b"/p")
+    assert route_for(r, request(b"/p")).request_head(v, False) == (
+        b"GET /p HTTP/1.1\r\nHost: named.example\r\nX-H: named.example\r\n\r\n")
+
+
 def test_http_1_0_upstream_gets_connection_close() -> None:
     r = router(server_with("/", extra="proxy_http_version = '1.0'\n"))
     v = request(b"/p")
