@@ -89,7 +89,8 @@ def title(pid: int) -> str:
 
 class Proxy:
     def __init__(self, tmp: Path, body: str = DEFAULT_BODY, *, workers: int = 2,
-                 master: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
+                 master: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
         self.dir = Path(tmp)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "forkproxy.toml"
@@ -103,6 +104,7 @@ class Proxy:
         self.master_settings.update(master or {})
         self.body = body
         self.env = env
+        self.wrapper = wrapper or []  # a command that execs its arguments (same pid)
         self.proc: subprocess.Popen[bytes] | None = None
         self.pgid = 0
         self.ports: list[int] = []
@@ -129,7 +131,8 @@ class Proxy:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(self.stdio_log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "forkproxy", "-c", str(self.config_path)],
+            cmd = [*self.wrapper, sys.executable, "-m", "forkproxy", "-c", str(self.config_path)]
+            self.proc = subprocess.Popen(cmd,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                          cwd=self.dir, env=env, start_new_session=True)
         self.pgid = self.proc.pid
