@@ -41,12 +41,12 @@ _PR_SET_PDEATHSIG = 1
 EXIT_SETUP_FAILED = 70  # the child could not become a worker (privilege drop, ...)
 
 
-def block_all() -> set[signal.Signals]:
+def block_all() -> set[int | signal.Signals]:
     """Block every signal; returns the previous mask for `restore`."""
     return signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
 
 
-def restore(mask: Iterable[signal.Signals]) -> None:
+def restore(mask: Iterable[int]) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
@@ -66,11 +66,8 @@ def fork(child: Callable[[], int]) -> int:
             code = child()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            try:
-                log.error("worker failed:\n%s", traceback.format_exc().rstrip())
-            except BaseException:
-                pass
+        except BaseException:  # noqa: BLE001 - the child must never unwind into master frames
+            log.error("worker failed:\n%s", traceback.format_exc().rstrip())
             code = EXIT_SETUP_FAILED
         finally:
             try:

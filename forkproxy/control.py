@@ -38,7 +38,7 @@ class ControlError(Exception):
 
 
 class _Conn:
-    __slots__ = ("sock", "buf", "deadline", "answered")
+    __slots__ = ("answered", "buf", "deadline", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -82,7 +82,10 @@ class ControlServer:
             sock.setblocking(False)
             conn = _Conn(sock)
             self._conns[sock.fileno()] = conn
-            self._sel.register(sock, selectors.EVENT_READ, lambda c=conn: self._on_read(c))
+            self._sel.register(sock, selectors.EVENT_READ, self._reader(conn))
+
+    def _reader(self, conn: _Conn) -> Callable[[], None]:
+        return lambda: self._on_read(conn)
 
     def _on_read(self, conn: _Conn) -> None:
         try:
@@ -102,7 +105,7 @@ class ControlServer:
         verb = conn.buf.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
         self._sel.unregister(conn.sock)
         conn.deadline = float("inf")  # the answer may take as long as a reload takes
-        self._dispatch(verb, lambda ok, message, c=conn: self._answer(c, ok, message))
+        self._dispatch(verb, lambda ok, message: self._answer(conn, ok, message))
 
     def _answer(self, conn: _Conn, ok: bool, message: str, **extra: Any) -> None:
         if conn.answered:
@@ -181,7 +184,7 @@ def request(path: str, verb: str, timeout: float) -> dict[str, Any]:
         while b"\n" not in buf:
             try:
                 data = sock.recv(65536)
-            except socket.timeout as e:
+            except TimeoutError as e:
                 raise ControlError(f"no answer from the master within {timeout:g}s") from e
             if not data:
                 break

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from .netio import Listener, bind_listener
@@ -44,14 +44,14 @@ def wanted(config: Any) -> dict[Address, tuple[int, bool]]:
 
 
 class ListenerSet:
-    __slots__ = ("_by_addr", "_backlog", "_inherited")
+    __slots__ = ("_backlog", "_by_addr", "_inherited")
 
     def __init__(self) -> None:
         self._by_addr: dict[Address, Listener] = {}
         self._backlog: dict[Address, int] = {}
         self._inherited: set[Address] = set()
 
-    def adopt_from_env(self, environ: dict[str, str]) -> None:
+    def adopt_from_env(self, environ: MutableMapping[str, str]) -> None:
         """Take the sockets a previous master passed in the environment (USR2)."""
         text = environ.pop(ENV_FDS, "")
         if not text:

@@ -84,7 +84,7 @@ class MasterInfo:
 class Slot:
     """A worker's handle on its own slot (created in the child after fork)."""
 
-    __slots__ = ("_map", "_offset", "pid", "generation", "index", "_started")
+    __slots__ = ("_map", "_offset", "_started", "generation", "index", "pid")
 
     def __init__(self, buf: mmap.mmap, number: int, pid: int, generation: int, index: int) -> None:
         self._map = buf
@@ -103,7 +103,7 @@ class Slot:
 class Scoreboard:
     """The master's (or a reader's) view of the whole file."""
 
-    __slots__ = ("path", "nslots", "_map", "_free", "_writable")
+    __slots__ = ("_free", "_map", "_writable", "nslots", "path")
 
     def __init__(self, path: str, buf: mmap.mmap, nslots: int, writable: bool) -> None:
         self.path = path

@@ -129,9 +129,7 @@ class Supervisor:
 
     def respawn_due(self, gen: Generation | None, now: float) -> None:
         for key, due in list(self._respawn_at.items()):
-            if gen is None or key[0] != gen.number:
-                del self._respawn_at[key]
-            elif due <= now:
+            if gen is None or key[0] != gen.number or due <= now:
                 del self._respawn_at[key]
         if gen is not None:
             self.fill(gen)

@@ -23,7 +23,7 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 from . import child
 from .control import Reply
@@ -146,7 +146,7 @@ def _say(reply: Reply | None, ok: bool, message: str) -> None:
         reply(ok, message)
 
 
-def take_ready_fd(environ: dict[str, str]) -> int | None:
+def take_ready_fd(environ: MutableMapping[str, str]) -> int | None:
     """New master: the pipe to announce readiness on, if an old master started us."""
     text = environ.pop(ENV_UPGRADE_FD, "")
     if not text.isdigit():
@@ -156,7 +156,7 @@ def take_ready_fd(environ: dict[str, str]) -> int | None:
     return fd
 
 
-def first_generation(environ: dict[str, str]) -> int:
+def first_generation(environ: MutableMapping[str, str]) -> int:
     text = environ.pop(ENV_GENERATION, "")
     return int(text) if text.isdigit() and int(text) > 0 else 1
 

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from harness import DEFAULT_BODY, Proxy  # tests/e2e is on sys.path (rootdir-relative imports)
+from harness import (  # tests/e2e is on sys.path (rootdir-relative imports)
+    DEFAULT_BODY,
+    Proxy,
+)
 
 ProxyFactory = Callable[..., Proxy]
 

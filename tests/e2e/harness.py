@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -178,7 +178,7 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 pass
 
-    def __enter__(self) -> Proxy:
+    def __enter__(self) -> Self:
         if self.proc is None:
             self.start()
         return self

@@ -8,7 +8,6 @@ import time
 
 import psutil
 import pytest
-
 from harness import Proxy, pids_alive, title, wait_until
 
 

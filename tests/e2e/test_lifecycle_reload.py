@@ -5,7 +5,15 @@ from __future__ import annotations
 import signal
 import time
 
-from harness import DEFAULT_BODY, Proxy, can_connect, http_get, pids_alive, title, wait_until
+from harness import (
+    DEFAULT_BODY,
+    Proxy,
+    can_connect,
+    http_get,
+    pids_alive,
+    title,
+    wait_until,
+)
 
 TWO_LISTENERS = DEFAULT_BODY.replace('listen = ["127.0.0.1:0"]', 'listen = ["127.0.0.1:0", "127.0.0.2:0"]')
 

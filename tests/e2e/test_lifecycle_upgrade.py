@@ -6,7 +6,15 @@ import json
 import os
 import signal
 
-from harness import DEFAULT_BODY, Proxy, can_connect, group_members, pids_alive, title, wait_until
+from harness import (
+    DEFAULT_BODY,
+    Proxy,
+    can_connect,
+    group_members,
+    pids_alive,
+    title,
+    wait_until,
+)
 
 
 def _pid(path: object) -> int:
