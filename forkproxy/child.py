@@ -1,4 +1,4 @@
-"""Forking a worker, and everything the child does before the worker's own code runs.
+"""Forking a worker, and what the child does before the worker's code runs (layer 5).
 
 Invariants (DESIGN.md, fork safety):
 - Logs are flushed and the heap frozen (`gc.freeze`) before fork; every signal is blocked

@@ -1,4 +1,4 @@
-"""Generations and reload as a state machine the master loop steps (never a wait).
+"""Generations and reload: a state machine the master loop steps, never a wait (layer 5).
 
     starting --all workers READY--> active --reload committed / WINCH / QUIT--> draining
     starting --a worker died, or ready_timeout--> failed      (killed; old one untouched)

@@ -1,4 +1,4 @@
-"""Small OS facts the master needs: terminal attachment, fd limits, process titles.
+"""OS facts the master needs: terminal attachment, fd limits, titles (layer 5).
 
 Invariants: nothing here keeps state; every function reads or sets one property of the
 calling process and is safe to call again on reload.

@@ -1,4 +1,4 @@
-"""`forkproxy status`: every process of a running forkproxy, from psutil and the scoreboard.
+"""`forkproxy status`: every process, from psutil and the scoreboard (layer 5).
 
 Invariants: read-only. The pidfile is trusted only if it names a live forkproxy master;
 worker counters come from the master's scoreboard file (mapped read-only), memory, CPU

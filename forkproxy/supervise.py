@@ -1,4 +1,4 @@
-"""The master's table of worker processes: spawn, reap, signal, deadlines, back-off.
+"""The master's worker table: spawn, reap, signal, deadlines, back-off (layer 5).
 
 Invariants:
 - Every child the master forks as a worker is in `Supervisor.workers` (by pid) from the

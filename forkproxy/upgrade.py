@@ -1,4 +1,4 @@
-"""USR2: start a new master from the current code that inherits the listening sockets.
+"""USR2: a new master from the current code inherits the listening sockets (layer 5).
 
 The old master (nginx's binary upgrade):
 1. renames its pidfile, scoreboard and control socket with `.oldbin`;
