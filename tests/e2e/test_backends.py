@@ -344,3 +344,49 @@ def test_upgrade_reset_all_while_idle() -> None:
             threading.Timer(0.1, be.reset_all).start()
             with pytest.raises(ConnectionResetError):
                 read_until_eof(s)
+
+
+# --- make run (bench.demo) -------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_make_run(tmp_path: Path) -> None:
+    """The default config on free ports: banner, a request through the proxy, Ctrl-C stops all."""
+    import psutil
+
+    proxy_port, app_port = free_port(), free_port()
+    text = (ROOT / "forkproxy.toml").read_text()
+    text = text.replace("127.0.0.1:8000", f"127.0.0.1:{proxy_port}").replace("127.0.0.1:8080", f"127.0.0.1:{app_port}")
+    text = text.replace("[master]\n", f'[master]\npidfile = "{tmp_path}/forkproxy.pid"\n', 1)
+    config = tmp_path / "forkproxy.toml"
+    config.write_text(text)
+    demo = subprocess.Popen([sys.executable, "-m", "bench.demo", "-c", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert demo.stdout is not None
+        out = ""
+        deadline = time.monotonic() + 20
+        while "Ctrl-C stops everything" not in out and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            assert line, f"demo exited early ({demo.wait()}):\n{out}"
+            out += line
+        assert f"curl -i http://127.0.0.1:{proxy_port}/" in out and "-m websockets ws://" in out
+        children = psutil.Process(demo.pid).children(recursive=True)
+        assert len(children) >= 3  # backend, master, workers
+        resp, body = get(proxy_port, "GET", "/")
+        assert resp.status == 200 and f"127.0.0.1:{app_port}".encode() in body
+        # the port is taken now: a second demo says so and exits 2
+        second = subprocess.run([sys.executable, "-m", "bench.demo", "-c", str(config)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=20)
+        assert second.returncode == 2 and "already in use" in second.stderr
+        demo.send_signal(2)  # SIGINT, as Ctrl-C
+        assert demo.wait(15) == 0
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive
+    finally:
+        if demo.poll() is None:
+            demo.kill()
