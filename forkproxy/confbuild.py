@@ -17,174 +17,47 @@ import os
 import pwd
 import re
 from collections.abc import Callable, Collection
-from dataclasses import replace
 from typing import Any
 
 from forkproxy import confcheck as cc
 from forkproxy.confmodel import (
-    Config, FrozenMap, Listen, Location, MapConfig, MasterConfig, Server, Upstream,
+    Config,
+    FrozenMap,
+    Location,
+    MapConfig,
+    MasterConfig,
+    Server,
+    Upstream,
+)
+from forkproxy.confvalues import (
+    INHERITED,
+    LOCATION_VALUES,
+    MASTER_VALUES,
+    SERVER_VALUES,
+    TOP_KEYS,
+    UPSTREAM_VALUES,
+    Parser,
+    array_of_tables,
+    as_table,
+    check_keys,
+    parse_at,
+    parse_listens,
+    reconcile_listens,
+    string,
 )
 from forkproxy.errors import ConfigError
-from forkproxy.template import Compiler, is_known_variable, map_key_regex, parse_template
-from forkproxy.units import parse_duration, parse_size
+from forkproxy.template import (
+    Compiler,
+    is_known_variable,
+    map_key_regex,
+    parse_template,
+)
 
-Parser = Callable[[Any], Any]
 CONNECTION_UPGRADE = MapConfig("connection_upgrade", "$http_upgrade", "upgrade", (("", "close"),))
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]+")
-_LOG_LEVELS = ("debug", "info", "notice", "warn", "warning", "error", "crit")
 # Framing belongs to the proxy; letting a template set these would desynchronise it.
 _FORBIDDEN_SET = frozenset({"content-length", "transfer-encoding"})
-
-
-def _int(low: int) -> Parser:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"expected an integer >= {low}, got {value!r}")
-        return value
-    return parse
-
-
-def _duration(positive: bool) -> Parser:
-    def parse(value: Any) -> float:
-        seconds = parse_duration(value)
-        if positive and seconds <= 0:
-            raise ValueError(f"expected a duration above zero, got {value!r}")
-        return seconds
-    return parse
-
-
-def _size(low: int) -> Parser:
-    def parse(value: Any) -> int:
-        size = parse_size(value)
-        if size < low:
-            raise ValueError(f"expected a size of at least {low} bytes, got {value!r}")
-        return size
-    return parse
-
-
-def _choice(*choices: str) -> Parser:
-    def parse(value: Any) -> str:
-        if isinstance(value, float) and f"{value:.1f}" in choices:
-            return f"{value:.1f}"  # proxy_http_version = 1.1 written as a TOML float
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
-        return str(value)
-    return parse
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    return value
-
-
-def _protocols(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f'expected a list of protocol names such as ["websocket"], got {value!r}')
-    out: list[str] = []
-    for name in (v.lower() for v in value):
-        if not all(cc.is_token(part) for part in name.split("/", 1)):
-            raise ValueError(f"invalid protocol token {name!r}")
-        if name.split("/", 1)[0] == "h2c":
-            raise ValueError(
-                "h2c cannot be tunnelled: an upgrade to h2c through a proxy bypasses its"
-                " routing (a known smuggling vector; RFC 9113 deprecates it)"
-            )
-        if name not in out:
-            out.append(name)
-    return tuple(out)
-
-
-_SERVER_VALUES: dict[str, Parser] = {
-    "client_header_timeout": _duration(True),
-    "keepalive_timeout": _duration(False),
-    "max_request_line": _size(1),
-    "max_head_size": _size(1),
-    "max_header_count": _int(1),
-}
-_LOCATION_VALUES: dict[str, Parser] = {
-    "proxy_http_version": _choice("1.0", "1.1"),
-    "set_header": _string,  # checked by _Builder._set_header (templates need the maps)
-    "proxy_redirect": _choice("default", "off"),
-    "websocket": _bool,
-    "upgrade_protocols": _protocols,
-    "tunnel_timeout": _duration(True),
-    "tunnel_fin_timeout": _duration(True),
-    "client_body_timeout": _duration(True),
-    "send_timeout": _duration(True),
-    "keepalive_timeout": _duration(False),
-    "proxy_connect_timeout": _duration(True),
-    "proxy_send_timeout": _duration(True),
-    "proxy_read_timeout": _duration(True),
-    "client_max_body_size": _size(0),
-    "buffer_size": _size(1),
-}
-_INHERITED = {**_SERVER_VALUES, **_LOCATION_VALUES}
-_MASTER_VALUES: dict[str, Parser] = {
-    "workers": _string,  # checked by _workers ("auto" or an integer)
-    "shutdown_timeout": _duration(True),
-    "close_spread": _duration(False),
-    "max_draining_generations": _int(1),
-    "drain_idle_grace": _duration(False),
-    "ready_timeout": _duration(True),
-    "pidfile": _string,
-    "control_socket": _string,
-    "error_log": _string,
-    "log_level": _choice(*_LOG_LEVELS),
-    "access_log": _string,
-    "tunnel_log": _string,
-    "user": _string,
-    "group": _string,
-    "worker_connections": _int(1),
-    "worker_rlimit_nofile": _int(0),
-    "max_requests": _int(0),
-    "max_worker_rss": _size(0),
-    "splice_pipes": _int(0),
-    "splice_idle_pipes": _int(0),
-    "pipe_size": _size(4096),
-}
-_UPSTREAM_VALUES: dict[str, Parser] = {
-    "servers": _string,  # checked by _Builder._upstream (a list of addresses)
-    "keepalive": _int(0),
-    "keepalive_timeout": _duration(True),
-    "keepalive_requests": _int(1),
-}
-_LISTEN_KEYS = ("address", "backlog", "default_server", "reuseport")
-_TOP_KEYS = ("master", "map", "upstream", "http", "server")
-
-
-def _check_keys(table: dict[str, Any], allowed: Any, path: str) -> None:
-    for name in table:
-        if name not in allowed:
-            raise ConfigError(cc.key(path, name), f'unknown key "{name}"{cc.did_you_mean(name, allowed)}')
-
-
-def _table(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(path, f"expected a table, got {value!r}")
-    return value
-
-
-def _array_of_tables(value: Any, path: str, example: str) -> list[dict[str, Any]]:
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ConfigError(path, f"expected an array of tables ({example})")
-    return value
-
-
-def _parse(path: str, parser: Parser, value: Any) -> Any:
-    try:
-        return parser(value)
-    except ValueError as err:
-        raise ConfigError(path, str(err)) from None
 
 
 class _Builder:
@@ -196,20 +69,20 @@ class _Builder:
         self.need_connection_upgrade = False
 
     def build(self, raw: dict[str, Any]) -> Config:
-        _check_keys(raw, _TOP_KEYS, "")
-        master = self._master(_table(raw.get("master", {}), "master"))
-        for name, table in _table(raw.get("map", {}), "map").items():
-            self._map(name, _table(table, cc.key("map", name)))
-        for name, table in _table(raw.get("upstream", {}), "upstream").items():
-            self._upstream(name, _table(table, cc.key("upstream", name)))
-        http_table = _table(raw.get("http", {}), "http")
-        _check_keys(http_table, _INHERITED, "http")
-        http = self._values(http_table, _INHERITED, "http")
+        check_keys(raw, TOP_KEYS, "")
+        master = self._master(as_table(raw.get("master", {}), "master"))
+        for name, table in as_table(raw.get("map", {}), "map").items():
+            self._map(name, as_table(table, cc.key("map", name)))
+        for name, table in as_table(raw.get("upstream", {}), "upstream").items():
+            self._upstream(name, as_table(table, cc.key("upstream", name)))
+        http_table = as_table(raw.get("http", {}), "http")
+        check_keys(http_table, INHERITED, "http")
+        http = self._values(http_table, INHERITED, "http")
         if "server" not in raw:
             raise ConfigError("server", "at least one [[server]] is required")
-        tables = _array_of_tables(raw["server"], "server", "[[server]]")
+        tables = array_of_tables(raw["server"], "server", "[[server]]")
         servers = tuple(self._server(i, t, http) for i, t in enumerate(tables))
-        servers = _reconcile_listens(servers, tables)
+        servers = reconcile_listens(servers, tables)
         if self.need_connection_upgrade and "connection_upgrade" not in self.maps:
             self.maps["connection_upgrade"] = CONNECTION_UPGRADE
         self._compile_maps()
@@ -224,8 +97,8 @@ class _Builder:
     # -- master --------------------------------------------------------------------
 
     def _master(self, table: dict[str, Any]) -> MasterConfig:
-        _check_keys(table, _MASTER_VALUES, "master")
-        values = self._values(table, _MASTER_VALUES, "master", skip=("workers",))
+        check_keys(table, MASTER_VALUES, "master")
+        values = self._values(table, MASTER_VALUES, "master", skip=("workers",))
         values["workers"] = _workers(table.get("workers", "auto"))
         if not values.setdefault("pidfile", "forkproxy.pid"):
             raise ConfigError("master.pidfile", "must not be empty")
@@ -253,22 +126,22 @@ class _Builder:
 
     def _map(self, name: str, table: dict[str, Any]) -> None:
         path = cc.key("map", name)
-        _check_keys(table, ("source", "default", "values"), path)
+        check_keys(table, ("source", "default", "values"), path)
         if not _NAME.fullmatch(name) or is_known_variable(name, {}):
             raise ConfigError(path, f"invalid map name {name!r} (letters, digits and _, not"
                               " a built-in variable or http_*)")
         if "source" not in table:
             raise ConfigError(cc.key(path, "source"), 'required (e.g. "$http_upgrade")')
-        source = _parse(cc.key(path, "source"), _string, table["source"])
-        default = _parse(cc.key(path, "default"), _string, table.get("default", ""))
+        source = parse_at(cc.key(path, "source"), string, table["source"])
+        default = parse_at(cc.key(path, "default"), string, table.get("default", ""))
         values: list[tuple[str, str]] = []
-        for key, value in _table(table.get("values", {}), cc.key(path, "values")).items():
+        for key, value in as_table(table.get("values", {}), cc.key(path, "values")).items():
             where = cc.key(cc.key(path, "values"), key)
             try:
                 map_key_regex(key)
             except re.error as err:
                 raise ConfigError(where, f"invalid regex: {err}") from None
-            values.append((key, _parse(where, _string, value)))
+            values.append((key, parse_at(where, string, value)))
         self.maps[name] = MapConfig(name, source, default, tuple(values))
 
     def _compile_maps(self) -> None:
@@ -287,7 +160,7 @@ class _Builder:
 
     def _upstream(self, name: str, table: dict[str, Any]) -> None:
         path = cc.key("upstream", name)
-        _check_keys(table, _UPSTREAM_VALUES, path)
+        check_keys(table, UPSTREAM_VALUES, path)
         if not _UPSTREAM_NAME.fullmatch(name):
             raise ConfigError(path, f"invalid upstream name {name!r}")
         servers = table.get("servers")
@@ -295,9 +168,9 @@ class _Builder:
         if not isinstance(servers, list) or not servers:
             raise ConfigError(where, 'expected a non-empty list of "host:port"')
         parsed = tuple(
-            _parse(f"{where}[{i}]", cc.parse_server_address, s) for i, s in enumerate(servers)
+            parse_at(f"{where}[{i}]", cc.parse_server_address, s) for i, s in enumerate(servers)
         )
-        values = self._values(table, _UPSTREAM_VALUES, path, skip=("servers",))
+        values = self._values(table, UPSTREAM_VALUES, path, skip=("servers",))
         self.upstreams[name] = Upstream(name=name, servers=parsed, **values)
 
     # -- servers and locations -----------------------------------------------------
@@ -312,11 +185,11 @@ class _Builder:
             if name == "set_header":
                 out[name] = self._set_header(cc.key(path, name), value)
             else:
-                out[name] = _parse(cc.key(path, name), parsers[name], value)
+                out[name] = parse_at(cc.key(path, name), parsers[name], value)
         return out
 
     def _set_header(self, path: str, value: Any) -> tuple[tuple[str, str], ...]:
-        table = _table(value, path)
+        table = as_table(value, path)
         seen: dict[str, str] = {}
         for name, template in table.items():
             where = cc.key(path, name)
@@ -327,7 +200,7 @@ class _Builder:
             if name.lower() in seen:
                 raise ConfigError(where, f"header set twice (also as {seen[name.lower()]!r})")
             seen[name.lower()] = name
-            self._template(where, _parse(where, _string, template), in_route=True)
+            self._template(where, parse_at(where, string, template), in_route=True)
         return tuple(table.items())
 
     def _template(self, path: str, text: str, in_route: bool) -> None:
@@ -348,23 +221,23 @@ class _Builder:
 
     def _server(self, index: int, table: dict[str, Any], http: dict[str, Any]) -> Server:
         path = f"server[{index}]"
-        _check_keys(table, ("listen", "server_name", "location", *_INHERITED), path)
-        own = self._values(table, _INHERITED, path)
+        check_keys(table, ("listen", "server_name", "location", *INHERITED), path)
+        own = self._values(table, INHERITED, path)
         inherited = {**http, **own}
         if "listen" not in table:
             raise ConfigError(cc.key(path, "listen"), 'required (e.g. ["127.0.0.1:8000"])')
-        listens = _listens(table["listen"], cc.key(path, "listen"))
+        listens = parse_listens(table["listen"], cc.key(path, "listen"))
         names = table.get("server_name", [""])
         names = [names] if isinstance(names, str) else names
         if not isinstance(names, list) or not names:
             raise ConfigError(cc.key(path, "server_name"), "expected a list of names")
         server_name = tuple(
-            _parse(f"{path}.server_name[{i}]", cc.parse_server_name, n) for i, n in enumerate(names)
+            parse_at(f"{path}.server_name[{i}]", cc.parse_server_name, n) for i, n in enumerate(names)
         )
         for i, name in enumerate(server_name):
             if name.startswith("~"):
                 _regex(f"{path}.server_name[{i}]", name[1:], 0)
-        tables = _array_of_tables(table.get("location", []), cc.key(path, "location"),
+        tables = array_of_tables(table.get("location", []), cc.key(path, "location"),
                                   "[[server.location]]")
         locations: list[Location] = []
         seen: dict[tuple[str, str], int] = {}
@@ -376,24 +249,24 @@ class _Builder:
                                   f'duplicate location "{loc.pattern}" (also location[{seen[kind]}])')
             seen[kind] = i
             locations.append(loc)
-        server_values = {k: v for k, v in inherited.items() if k in _SERVER_VALUES}
+        server_values = {k: v for k, v in inherited.items() if k in SERVER_VALUES}
         return Server(index=index, listen=listens, server_name=server_name,
                       locations=tuple(locations), **server_values)
 
     def _location(self, path: str, table: dict[str, Any], inherited: dict[str, Any]) -> Location:
-        _check_keys(table, ("path", "proxy_pass", *_LOCATION_VALUES), path)
-        values = {k: v for k, v in inherited.items() if k in _LOCATION_VALUES}
-        values.update(self._values(table, _LOCATION_VALUES, path))
+        check_keys(table, ("path", "proxy_pass", *LOCATION_VALUES), path)
+        values = {k: v for k, v in inherited.items() if k in LOCATION_VALUES}
+        values.update(self._values(table, LOCATION_VALUES, path))
         if "path" not in table:
             raise ConfigError(cc.key(path, "path"), 'required (e.g. "/" or "~ ^/api/")')
-        written = _parse(cc.key(path, "path"), _string, table["path"]).strip()
-        modifier, pattern = _parse(cc.key(path, "path"), cc.parse_location_path, written)
+        written = parse_at(cc.key(path, "path"), string, table["path"]).strip()
+        modifier, pattern = parse_at(cc.key(path, "path"), cc.parse_location_path, written)
         if modifier in ("~", "~*"):
             _regex(cc.key(path, "path"), pattern, re.IGNORECASE if modifier == "~*" else 0)
         where = cc.key(path, "proxy_pass")
         if "proxy_pass" not in table:
             raise ConfigError(where, 'required (e.g. "http://app")')
-        authority, uri = _parse(where, cc.parse_proxy_pass, table["proxy_pass"])
+        authority, uri = parse_at(where, cc.parse_proxy_pass, table["proxy_pass"])
         if uri is not None and modifier in ("~", "~*"):
             raise ConfigError(where, f"a URI part ({uri!r}) is not allowed in a regex location:"
                               " there is no matched prefix to replace")
@@ -449,69 +322,6 @@ def _regex(path: str, pattern: str, flags: int) -> None:
         re.compile(pattern.encode(), flags)
     except re.error as err:
         raise ConfigError(path, f"invalid regex {pattern!r}: {err}") from None
-
-
-def _listens(value: Any, path: str) -> tuple[Listen, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ConfigError(path, 'expected at least one address (e.g. ["127.0.0.1:8000"])')
-    out: list[Listen] = []
-    for i, item in enumerate(items):
-        where = f"{path}[{i}]"
-        options: dict[str, Any] = {}
-        if isinstance(item, dict):
-            _check_keys(item, _LISTEN_KEYS, where)
-            if "address" not in item:
-                raise ConfigError(cc.key(where, "address"), 'required (e.g. "127.0.0.1:8000")')
-            address = item["address"]
-            if "backlog" in item:
-                options["backlog"] = _parse(cc.key(where, "backlog"), _int(1), item["backlog"])
-            for flag in ("default_server", "reuseport"):
-                if flag in item:
-                    options[flag] = _parse(cc.key(where, flag), _bool, item[flag])
-        else:
-            address = item
-        host, port = _parse(where, cc.parse_listen_address, address)
-        for j, prior in enumerate(out):
-            if (prior.host, prior.port) == (host, port):
-                raise ConfigError(where, f"duplicate address {prior.address} (also {path}[{j}])")
-        out.append(Listen(host=host, port=port, **options))
-    return tuple(out)
-
-
-def _reconcile_listens(servers: tuple[Server, ...], tables: list[dict[str, Any]]) -> tuple[Server, ...]:
-    """One socket per address: explicit backlog/reuseport must agree and are shared;
-    at most one default_server per address."""
-    explicit: dict[tuple[str, int], dict[str, tuple[Any, str]]] = {}
-    defaults: dict[tuple[str, int], str] = {}
-    for server, table in zip(servers, tables):
-        raw = table["listen"] if isinstance(table["listen"], list) else [table["listen"]]
-        for i, (listen, item) in enumerate(zip(server.listen, raw)):
-            where = f"server[{server.index}].listen[{i}]"
-            addr = (listen.host, listen.port)
-            if listen.default_server:
-                if addr in defaults:
-                    raise ConfigError(where, f"{listen.address} already has a default_server"
-                                      f" ({defaults[addr]})")
-                defaults[addr] = where
-            for option in ("backlog", "reuseport"):
-                if not isinstance(item, dict) or option not in item:
-                    continue
-                value = getattr(listen, option)
-                prior = explicit.setdefault(addr, {}).setdefault(option, (value, where))
-                if prior[0] != value:
-                    raise ConfigError(cc.key(where, option), f"conflicts with {option} ="
-                                      f" {prior[0]!r} for {listen.address} at {prior[1]}")
-    if not explicit:
-        return servers
-    out: list[Server] = []
-    for server in servers:
-        listens = tuple(
-            replace(lst, **{k: v for k, (v, _) in explicit.get((lst.host, lst.port), {}).items()})
-            for lst in server.listen
-        )
-        out.append(replace(server, listen=listens))
-    return tuple(out)
 
 
 def build(raw: dict[str, Any], source: str, base_dir: str) -> Config:

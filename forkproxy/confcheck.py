@@ -2,7 +2,8 @@
 #
 # Invariants:
 # - Every parser takes one TOML value and either returns it in canonical form or
-#   raises ValueError with a message that reads well after "<key path>: ".
+#   raises ValueError (TypeError for a wrong TOML type) with a message that reads well
+#   after "<key path>: ".
 # - Canonical forms: IP hosts as ipaddress prints them (no brackets), "*" as 0.0.0.0,
 #   "localhost" as 127.0.0.1; server names lowercase (regexes kept as written).
 # - No I/O: no name resolution, no filesystem access.
@@ -15,8 +16,8 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from forkproxy.uri import encode_path, normalize_path
 from forkproxy.errors import BadRequest
+from forkproxy.uri import encode_path, normalize_path
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -99,7 +100,7 @@ def parse_listen_address(value: object) -> tuple[str, int]:
 def parse_server_address(value: object) -> tuple[str, int]:
     """An upstream server: "host:port" with an IP address or localhost."""
     if not isinstance(value, str):
-        raise ValueError(f'expected "host:port", got {value!r}')
+        raise TypeError(f'expected "host:port", got {value!r}')
     split = _split_port(value)
     if split is None or not split[0] or not split[1]:
         raise ValueError(f'expected "host:port", got {value!r}')
@@ -141,7 +142,7 @@ def parse_location_path(value: object) -> tuple[str, str]:
 def parse_server_name(value: object) -> str:
     """A server_name entry: exact, "*.example.com", ".example.com", "mail.*", "~regex"."""
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
+        raise TypeError(f"expected a string, got {value!r}")
     if value.startswith("~"):
         if len(value) == 1:
             raise ValueError("empty regex")
@@ -167,7 +168,7 @@ def parse_server_name(value: object) -> str:
 def parse_proxy_pass(value: object) -> tuple[str, str | None]:
     """(authority, URI part or None) of `proxy_pass = "http://name[:port][/uri]"`."""
     if not isinstance(value, str):
-        raise ValueError(f'expected "http://upstream[/uri]", got {value!r}')
+        raise TypeError(f'expected "http://upstream[/uri]", got {value!r}')
     if value.lower().startswith("https://"):
         raise ValueError("https upstreams are not supported (forkproxy speaks plain HTTP upstream)")
     if not value.lower().startswith("http://"):

@@ -21,7 +21,14 @@ import toml
 from forkproxy.confbuild import CONNECTION_UPGRADE, build
 from forkproxy.confcheck import format_address
 from forkproxy.confmodel import (
-    Config, FrozenMap, Listen, Location, MapConfig, MasterConfig, Server, Upstream,
+    Config,
+    FrozenMap,
+    Listen,
+    Location,
+    MapConfig,
+    MasterConfig,
+    Server,
+    Upstream,
 )
 from forkproxy.errors import ConfigError
 from forkproxy.units import format_duration, format_size

@@ -21,7 +21,7 @@ V = TypeVar("V")
 class FrozenMap(Mapping[str, V]):
     """A read-only, hashable mapping that keeps insertion order."""
 
-    __slots__ = ("_items", "_dict")
+    __slots__ = ("_dict", "_items")
 
     _items: tuple[tuple[str, V], ...]
     _dict: dict[str, V]

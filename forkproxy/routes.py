@@ -33,8 +33,19 @@ class Route:
     """One compiled location: where a request goes and how its head is rebuilt."""
 
     __slots__ = (
-        "location", "upstream", "stop", "_prefix_len", "_uri", "_version", "_drop",
-        "_host", "_fields", "_close", "_redirect_hosts", "_redirect_from", "_redirect_to",
+        "_close",
+        "_drop",
+        "_fields",
+        "_host",
+        "_prefix_len",
+        "_redirect_from",
+        "_redirect_hosts",
+        "_redirect_to",
+        "_uri",
+        "_version",
+        "location",
+        "stop",
+        "upstream",
     )
 
     def __init__(self, location: Location, upstream: Upstream, compiler: Compiler) -> None:
@@ -150,7 +161,7 @@ _Search = Callable[[bytes], "re.Match[bytes] | None"]
 class _Locations:
     """The compiled locations of one server."""
 
-    __slots__ = ("exact", "prefixes", "lengths", "regexes")
+    __slots__ = ("exact", "lengths", "prefixes", "regexes")
 
     def __init__(self, routes: list[Route]) -> None:
         self.exact: dict[bytes, Route] = {}
@@ -173,7 +184,7 @@ class _Locations:
 class _Names:
     """The server_name tables of one listen address."""
 
-    __slots__ = ("exact", "head", "head_dot", "tail", "regexes", "default", "no_host")
+    __slots__ = ("default", "exact", "head", "head_dot", "no_host", "regexes", "tail")
 
     def __init__(self, servers: list[Server], default: Server) -> None:
         self.exact: dict[bytes, Server] = {}
@@ -231,7 +242,7 @@ class _Names:
 class Router:
     """Server and location choice for one Config; build once, share read-only."""
 
-    __slots__ = ("config", "routes", "_locations", "_addresses")
+    __slots__ = ("_addresses", "_locations", "config", "routes")
 
     def __init__(self, config: Config) -> None:
         self.config = config

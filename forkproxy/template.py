@@ -44,8 +44,16 @@ class RequestVars:
     """What templates read for one request; filled by the connection layer."""
 
     __slots__ = (
-        "head", "host", "remote_addr", "remote_port", "server_port", "server_name",
-        "scheme", "uri", "args", "request_uri",
+        "args",
+        "head",
+        "host",
+        "remote_addr",
+        "remote_port",
+        "request_uri",
+        "scheme",
+        "server_name",
+        "server_port",
+        "uri",
     )
 
     def __init__(
@@ -111,15 +119,13 @@ def map_key_regex(key: str) -> re.Pattern[bytes] | None:
 
 def map_exact_key(key: str) -> bytes:
     """The bytes an exact map key matches (lowercase; a leading backslash dropped)."""
-    if key.startswith("\\"):
-        key = key[1:]
-    return key.lower().encode()
+    return key.removeprefix("\\").lower().encode()
 
 
 class Template:
     """A precompiled string template; `render(v)` gives its bytes for one request."""
 
-    __slots__ = ("text", "constant", "_render")
+    __slots__ = ("_render", "constant", "text")
 
     text: str
     constant: bytes | None  # the value when the template has no variables
@@ -168,7 +174,7 @@ _BUILTIN_GETTERS: dict[str, Renderer] = {
 class Compiler:
     """Compiles templates against one set of maps; each map is compiled once."""
 
-    __slots__ = ("_maps", "_compiled", "_visiting")
+    __slots__ = ("_compiled", "_maps", "_visiting")
 
     def __init__(self, maps: Mapping[str, MapConfig]) -> None:
         self._maps = maps
@@ -186,7 +192,7 @@ class Compiler:
             else:
                 piece = self._getter(value)
             if isinstance(piece, bytes) and pieces and isinstance(pieces[-1], bytes):
-                pieces[-1] = pieces[-1] + piece  # type: ignore[operator]
+                pieces[-1] = pieces[-1] + piece
             elif piece != b"":
                 pieces.append(piece)
         return Template(text, *_join(pieces))

@@ -5,12 +5,13 @@
 # - format_duration/format_size are inverses: parse(format(x)) == x for every value the
 #   parsers return (durations are formatted in whole milliseconds when they are whole
 #   milliseconds, otherwise as a bare float of seconds).
-# - Parsers raise ValueError with a message meant to follow a key path; the caller wraps
-#   it in a ConfigError. No I/O, no state.
+# - Parsers raise ValueError (TypeError for a value of the wrong TOML type) with a message
+#   meant to follow a key path; the caller wraps it in a ConfigError. No I/O, no state.
 """Parse and format durations ("1h30m", "500ms", 60) and sizes ("8k", "10m", 1024)."""
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -40,9 +41,9 @@ SIZE_HINT = 'a size such as "8k", "10m", "1g" or a number of bytes'
 def parse_duration(value: object) -> float:
     """Seconds for a TOML value: a non-negative number, or a string of unit parts."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
+        raise TypeError(f"expected {DURATION_HINT}, got {value!r}")
     if isinstance(value, (int, float)):
-        if value < 0 or value != value or value == float("inf"):
+        if value < 0 or not math.isfinite(value):
             raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
         return float(value)
     text = value.strip()
@@ -91,7 +92,7 @@ def format_duration(seconds: float) -> str | float:
 def parse_size(value: object) -> int:
     """Bytes for a TOML value: a non-negative integer, or digits with k, m or g."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"expected {SIZE_HINT}, got {value!r}")
+        raise TypeError(f"expected {SIZE_HINT}, got {value!r}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"expected {SIZE_HINT}, got {value!r}")

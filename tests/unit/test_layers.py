@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "confmodel": 1,
     "confcheck": 1,
     "confbuild": 1,
+    "confvalues": 1,
     "units": 1,
     "uri": 1,
     "template": 1,
