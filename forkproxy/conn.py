@@ -429,6 +429,7 @@ class ClientConnection:
             self.resp_done = True
         elif framing == LENGTH:
             self.resp_left = head.length
+            self.resp_done = head.length == 0
         elif framing == CHUNKED:
             self.resp_chunks = ChunkedDecoder()
         if rest and not self.resp_done:
