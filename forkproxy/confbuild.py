@@ -105,6 +105,13 @@ class _Builder:
         for name in ("pidfile", "error_log", "access_log", "tunnel_log", "control_socket"):
             if name in values:
                 values[name] = self._path(values[name])
+        shutdown = values.get("shutdown_timeout", 600.0)
+        if "close_spread" not in values:
+            values["close_spread"] = min(60.0, shutdown)  # the window fits in the timeout
+        elif values["close_spread"] > shutdown:
+            raise ConfigError("master.close_spread", f"must not exceed shutdown_timeout"
+                              f" ({values['close_spread']:g}s > {shutdown:g}s): the final"
+                              " window ends at shutdown_timeout")
         master = MasterConfig(**values)
         control = master.control_socket or master.pidfile + ".sock"
         if len(os.fsencode(control)) > 100:
@@ -112,9 +119,9 @@ class _Builder:
             raise ConfigError(where, f"control socket path {control!r} is longer than 100 bytes"
                               " (UNIX sockets allow 107, and .oldbin is appended on upgrade)")
         if master.user:
-            _lookup("master.user", master.user, pwd.getpwnam, pwd.getpwuid)
+            _lookup("master.user", master.user, pwd.getpwnam)
         if master.group:
-            _lookup("master.group", master.group, grp.getgrnam, grp.getgrgid)
+            _lookup("master.group", master.group, grp.getgrnam)
         return master
 
     def _path(self, value: str) -> str:
@@ -310,10 +317,10 @@ def _workers(value: Any) -> int:
     return value
 
 
-def _lookup(path: str, name: str, by_name: Callable[[str], Any], by_id: Callable[[int], Any]) -> None:
+def _lookup(path: str, name: str, by_name: Callable[[str], Any]) -> None:
     try:
-        by_id(int(name)) if name.isdigit() else by_name(name)
-    except (KeyError, OverflowError):
+        by_name(name)
+    except KeyError:
         raise ConfigError(path, f"no such {path.split('.')[-1]} {name!r} on this system") from None
 
 

@@ -271,6 +271,11 @@ class Router:
         (normalised: lowercase, no port; None or b"" when absent)."""
         return self._addresses[listen].find(host)
 
+    def default_server(self, listen: tuple[str, int]) -> Server:
+        """The default_server of an address (else its first server): nginx takes the
+        request-head limits and client_header_timeout from it, before Host is known."""
+        return self._addresses[listen].default
+
     def route(self, server: Server, path: bytes) -> Route | None:
         """The location for a normalised path (nginx order), None for 404."""
         table = self._locations[server.index]

@@ -183,6 +183,8 @@ BROKEN = [
     ("[[server]]\nlisten = [\"127.0.0.1:8001\"]\nclient_header_timeout = 0\n",
      "server[1].client_header_timeout", "above zero"),
     ("[serverz]\n", "serverz", 'did you mean "server"'),
+    ("[master]\nshutdown_timeout = \"30s\"\nclose_spread = \"1m\"\n", "master.close_spread",
+     "must not exceed shutdown_timeout (60s > 30s)"),
 ]
 
 
@@ -323,6 +325,13 @@ def test_master_paths_resolve_against_the_config_directory(tmp_path: Path) -> No
     assert m.pidfile == str(tmp_path / "etc" / "run" / "fp.pid")
     assert m.access_log == str(tmp_path / "etc" / "logs" / "a.log")
     assert (m.tunnel_log, m.error_log, m.control_socket) == ("off", "stdout", "/tmp/fp.sock")
+
+
+def test_close_spread_default_fits_a_short_shutdown_timeout() -> None:
+    m = loads('[master]\nshutdown_timeout = "20s"\n' + MINIMAL).master
+    assert (m.shutdown_timeout, m.close_spread) == (20.0, 20.0)
+    m = loads('[master]\nshutdown_timeout = "20s"\nclose_spread = "5s"\n' + MINIMAL).master
+    assert m.close_spread == 5.0
 
 
 def test_long_control_socket_path_is_refused() -> None:

@@ -187,6 +187,8 @@ def test_server_name_selection(host: bytes | None, index: int) -> None:
 
 def test_server_choice_is_per_address() -> None:
     r = router(SERVERS)
+    assert r.default_server(("127.0.0.1", 8000)).index == 1
+    assert r.default_server(("127.0.0.1", 8002)).index == 5
     assert r.server_for(("127.0.0.1", 8001), b"first.example").index == 1
     assert r.server_for(("127.0.0.1", 8002), b"anything").index == 5
     assert r.server_for(("127.0.0.1", 8002), None).index == 5
