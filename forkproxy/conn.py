@@ -283,12 +283,20 @@ class ClientConnection:
         else:
             dec = self.req_chunks = ChunkedDecoder()
             consumed, _spans, done = dec.feed(rest)
+            self._count_chunked(consumed)
             body = rest[:consumed]
             self.pipelined = rest[consumed:]
             self.req_done = done
         if self.req_done and head.method in IDEMPOTENT:
             self.replay = up_head + body if body else up_head
         self._connect_and_send(up_head + body if body else up_head)
+
+    def _count_chunked(self, n: int) -> None:
+        """client_max_body_size for chunked bodies, counted on the wire (framing included)."""
+        self.req_total += n
+        limit = self.route.location.client_max_body_size  # type: ignore[union-attr]
+        if limit and self.req_total > limit:
+            raise BodyTooLarge(f"chunked body exceeds client_max_body_size {limit}")
 
     def _host(self, head: Head) -> bytes:
         hosts = head.headers.get_all(b"host")
@@ -360,10 +368,7 @@ class ClientConnection:
                 self.pipelined = bytes(data[consumed:])
                 data = data[:consumed]
             self.req_done = done
-            limit = self.route.location.client_max_body_size  # type: ignore[union-attr]
-            self.req_total += len(data)
-            if limit and self.req_total > limit:
-                raise BodyTooLarge(f"chunked body exceeds client_max_body_size {limit}")
+            self._count_chunked(len(data))
         self._send_upstream(data)
         if self.up_out is not None:
             self.up_out = bytes(self.up_out)  # the scratch buffer is reused by the next recv
