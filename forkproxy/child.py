@@ -16,6 +16,10 @@ Invariants (DESIGN.md, fork safety):
 from __future__ import annotations
 
 import ctypes
+
+# getaddrinfo imports this lazily; after the privilege drop the interpreter's own files may
+# be unreadable by the worker's user, so the master imports it before any fork.
+import encodings.idna  # noqa: F401
 import gc
 import grp
 import logging

@@ -31,6 +31,7 @@ from .errors import ConfigError, ForkproxyError
 from .generations import Generations
 from .listenset import ListenerSet
 from .scoreboard import MASTER_IDLE, MASTER_RUNNING, MASTER_STOPPING, Scoreboard
+from .sdnotify import Notifier
 from .supervise import KILL_MARGIN, Supervisor
 
 log = logging.getLogger("forkproxy.master")
@@ -83,6 +84,9 @@ class Master:
         self._reload_queue: list[Reply | None] = []
         self._next_recycle = 0.0
         self._oldbin = False
+        self.notify = Notifier()
+        self._notified = 0  # the generation systemd was last told is serving
+        self._reloading = False
 
     # -- startup and shutdown -----------------------------------------------------------
 
@@ -183,9 +187,14 @@ class Master:
             if now >= self._next_recycle and self.gens.active is not None:
                 self._next_recycle = now + RECYCLE_EVERY
                 self.sup.recycle(self.gens.active)
-        if self._ready_fd is not None and self.gens.active is not None and self.gens.active.announced:
-            upgrade.announce_ready(self._ready_fd)
-            self._ready_fd = None
+        active = self.gens.active
+        if active is not None and active.announced:
+            if self._ready_fd is not None:
+                upgrade.announce_ready(self._ready_fd)
+                self._ready_fd = None
+            if active.number != self._notified or (self._reloading and self.gens.starting is None):
+                self._notified, self._reloading = active.number, False
+                self.notify.ready(f"generation {active.number} serving")
         if self.gens.starting is None and self._reload_queue and self.state in ("running", "idle"):
             queue, self._reload_queue = self._reload_queue, []
             self._reload(queue)
@@ -225,6 +234,7 @@ class Master:
 
     def _reload(self, waiters: list[Reply | None]) -> None:
         log.info("reloading %s", self.config_path)
+        self._reloading = self.notify.reloading()
         replies = [r for r in waiters if r is not None]
 
         def answer(ok: bool, message: str) -> None:
@@ -263,6 +273,7 @@ class Master:
             _say(reply, True, f"already {self.state}")
             return
         log.info("graceful stop: workers finish what they serve, then exit")
+        self.notify.stopping()
         self.state = "quitting"
         self.board.set_master(generation=self.gens.newest_number, state=MASTER_STOPPING)
         self.gens.stop(fast=False)
@@ -273,6 +284,7 @@ class Master:
             _say(reply, True, "already stopping")
             return
         log.info("fast stop")
+        self.notify.stopping()
         self.state = "stopping"
         self.board.set_master(generation=self.gens.newest_number, state=MASTER_STOPPING)
         self.gens.stop(fast=True)
@@ -350,6 +362,8 @@ class Master:
             self.control.rename(path + suffix if to_oldbin else path[:-len(suffix)])
         self._oldbin = to_oldbin
         self._title()
+        if not to_oldbin:
+            self.notify.ready(f"generation {self.gens.newest_number} serving")  # MAINPID back to us
         return None
 
 

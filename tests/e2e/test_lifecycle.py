@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 import psutil
@@ -139,3 +140,23 @@ def test_nothing_respawns_during_a_stop(make_proxy, sig: int) -> None:  # type: 
     p.send_signal(sig)
     assert p.stop(sig) == 0
     assert "respawning" not in p.log()
+
+
+def test_systemd_notify_protocol(make_proxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    try:
+        p = make_proxy(env={"NOTIFY_SOCKET": path})
+        first = sock.recv(4096).decode().split("\n")
+        assert "READY=1" in first and f"MAINPID={p.pid}" in first
+        assert p.cli("reload").returncode == 0
+        assert "RELOADING=1" in sock.recv(4096).decode().split("\n")
+        again = sock.recv(4096).decode().split("\n")
+        assert "READY=1" in again and "STATUS=generation 2 serving" in again
+        p.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in sock.recv(4096).decode().split("\n")
+        assert p.stop() == 0
+    finally:
+        sock.close()

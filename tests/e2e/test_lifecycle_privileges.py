@@ -37,8 +37,10 @@ def test_workers_run_as_nobody_on_port_80(make_proxy) -> None:  # type: ignore[n
         uids, gids = psutil.Process(pid).uids(), psutil.Process(pid).gids()
         assert (uids.real, uids.effective, uids.saved) == (nobody.pw_uid,) * 3
         assert gids.effective == nobody.pw_gid
-    r = _in_netns(p.pid, "import socket; socket.create_connection(('127.0.0.1', 80), 5).close(); print('ok')")
-    assert r.stdout.strip() == "ok", r.stderr
+    get = ("import http.client as h; c = h.HTTPConnection('127.0.0.1', 80, timeout=5); "
+           "c.request('GET', '/'); print(c.getresponse().status)")
+    r = _in_netns(p.pid, get)
+    assert r.stdout.strip() == "502", r.stderr + p.log()  # served by a worker (dead upstream)
     # the master keeps its privileges: a reload still binds a new privileged port
     p.write_config(body=body.replace('"127.0.0.1:80"', '"127.0.0.1:80", "127.0.0.1:81"'),
                    master={"user": "nobody"})
