@@ -48,6 +48,7 @@ from forkproxy.confvalues import (
 from forkproxy.errors import ConfigError
 from forkproxy.template import (
     Compiler,
+    compile_regex,
     is_known_variable,
     map_key_regex,
     parse_template,
@@ -243,7 +244,7 @@ class _Builder:
         )
         for i, name in enumerate(server_name):
             if name.startswith("~"):
-                _regex(f"{path}.server_name[{i}]", name[1:], 0)
+                _regex(f"{path}.server_name[{i}]", name[1:], ignore_case=False)
         tables = array_of_tables(table.get("location", []), cc.key(path, "location"),
                                   "[[server.location]]")
         locations: list[Location] = []
@@ -269,7 +270,7 @@ class _Builder:
         written = parse_at(cc.key(path, "path"), string, table["path"]).strip()
         modifier, pattern = parse_at(cc.key(path, "path"), cc.parse_location_path, written)
         if modifier in ("~", "~*"):
-            _regex(cc.key(path, "path"), pattern, re.IGNORECASE if modifier == "~*" else 0)
+            _regex(cc.key(path, "path"), pattern, ignore_case=modifier == "~*")
         where = cc.key(path, "proxy_pass")
         if "proxy_pass" not in table:
             raise ConfigError(where, 'required (e.g. "http://app")')
@@ -324,9 +325,9 @@ def _lookup(path: str, name: str, by_name: Callable[[str], Any]) -> None:
         raise ConfigError(path, f"no such {path.split('.')[-1]} {name!r} on this system") from None
 
 
-def _regex(path: str, pattern: str, flags: int) -> None:
+def _regex(path: str, pattern: str, ignore_case: bool) -> None:
     try:
-        re.compile(pattern.encode(), flags)
+        compile_regex(pattern, ignore_case)
     except re.error as err:
         raise ConfigError(path, f"invalid regex {pattern!r}: {err}") from None
 

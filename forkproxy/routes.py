@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from forkproxy.confmodel import Config, Location, Server, Upstream
 from forkproxy.http.headers import end_to_end
-from forkproxy.template import Compiler, RequestVars, Template
+from forkproxy.template import Compiler, RequestVars, Template, compile_regex
 from forkproxy.uri import encode_path, normalize_path, origin_form, target_host
 
 __all__ = [
@@ -175,8 +175,8 @@ class _Locations:
             elif loc.modifier in ("", "^~"):
                 self.prefixes.setdefault(key, route)
             else:
-                flags = re.IGNORECASE if loc.modifier == "~*" else 0
-                regexes.append((re.compile(key, flags).search, route))
+                pattern = compile_regex(loc.pattern, ignore_case=loc.modifier == "~*")
+                regexes.append((pattern.search, route))
         self.lengths = tuple(sorted({len(p) for p in self.prefixes}, reverse=True))
         self.regexes = tuple(regexes)
 
@@ -196,7 +196,7 @@ class _Names:
             for name in server.server_name:
                 raw = name.encode()
                 if name.startswith("~"):
-                    regexes.append((re.compile(raw[1:]), server))
+                    regexes.append((compile_regex(name[1:]), server))
                 elif name.startswith("*."):
                     self.head.setdefault(raw[2:], server)
                 elif name.startswith(".") and len(name) > 1:

@@ -108,12 +108,23 @@ def is_known_variable(name: str, maps: Mapping[str, object], in_route: bool = Tr
     return in_route and name in ROUTE_VARIABLES
 
 
+# PCRE's named group "(?<name>" (common in nginx configs) is Python's "(?P<name>";
+# lookbehinds "(?<=" and "(?<!" are left alone.
+_PCRE_NAMED_GROUP = re.compile(r"(?<!\\)\(\?<(?=[A-Za-z_])")
+
+
+def compile_regex(pattern: str, ignore_case: bool = False) -> re.Pattern[bytes]:
+    """A config regex (Python `re`, plus PCRE's named groups) over bytes; may raise re.error."""
+    source = _PCRE_NAMED_GROUP.sub("(?P<", pattern).encode()
+    return re.compile(source, re.IGNORECASE if ignore_case else 0)
+
+
 def map_key_regex(key: str) -> re.Pattern[bytes] | None:
     """The compiled regex of a `~`/`~*` map key, None for an exact key; may raise re.error."""
     if key.startswith("~*"):
-        return re.compile(key[2:].encode(), re.IGNORECASE)
+        return compile_regex(key[2:], ignore_case=True)
     if key.startswith("~"):
-        return re.compile(key[1:].encode())
+        return compile_regex(key[1:])
     return None
 
 

@@ -112,6 +112,14 @@ def test_exact_match_only_for_the_exact_path() -> None:
     assert matched(r, b"/x/") == r"~ ^/x"
 
 
+def test_pcre_named_groups_are_accepted() -> None:
+    r = router(server_with(r"~ ^/(?<app>[a-z]+)/(?<!x)", "/"))
+    assert matched(r, b"/shop/") == r"~ ^/(?<app>[a-z]+)/(?<!x)"
+    r = router('[[server]]\nlisten = ["127.0.0.1:8000"]\n'
+               '[[server]]\nlisten = ["127.0.0.1:8000"]\nserver_name = ["~^(?<sub>.+)\\\\.example\\\\.com$"]\n')
+    assert r.server_for(("127.0.0.1", 8000), b"a.example.com").index == 1
+
+
 def test_case_sensitive_and_insensitive_regexes() -> None:
     r = router(server_with(r"~ \.jpg$", "/"))
     assert matched(r, b"/a.JPG") == "/"
