@@ -53,6 +53,7 @@ from forkproxy.template import (
     map_key_regex,
     parse_template,
 )
+from forkproxy.units import show
 
 CONNECTION_UPGRADE = MapConfig("connection_upgrade", "$http_upgrade", "upgrade", (("", "close"),))
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -117,7 +118,7 @@ class _Builder:
         control = master.control_socket or master.pidfile + ".sock"
         if len(os.fsencode(control)) > 100:
             where = "master.control_socket" if master.control_socket else "master.pidfile"
-            raise ConfigError(where, f"control socket path {control!r} is longer than 100 bytes"
+            raise ConfigError(where, f"control socket path {show(control)} is longer than 100 bytes"
                               " (UNIX sockets allow 107, and .oldbin is appended on upgrade)")
         if master.user:
             _lookup("master.user", master.user, pwd.getpwnam)
@@ -136,7 +137,7 @@ class _Builder:
         path = cc.key("map", name)
         check_keys(table, ("source", "default", "values"), path)
         if not _NAME.fullmatch(name) or is_known_variable(name, {}):
-            raise ConfigError(path, f"invalid map name {name!r} (letters, digits and _, not"
+            raise ConfigError(path, f"invalid map name {show(name)} (letters, digits and _, not"
                               " a built-in variable or http_*)")
         if "source" not in table:
             raise ConfigError(cc.key(path, "source"), 'required (e.g. "$http_upgrade")')
@@ -170,7 +171,7 @@ class _Builder:
         path = cc.key("upstream", name)
         check_keys(table, UPSTREAM_VALUES, path)
         if not _UPSTREAM_NAME.fullmatch(name):
-            raise ConfigError(path, f"invalid upstream name {name!r}")
+            raise ConfigError(path, f"invalid upstream name {show(name)}")
         servers = table.get("servers")
         where = cc.key(path, "servers")
         if not isinstance(servers, list) or not servers:
@@ -202,11 +203,11 @@ class _Builder:
         for name, template in table.items():
             where = cc.key(path, name)
             if not cc.is_token(name):
-                raise ConfigError(where, f"invalid header name {name!r} (must be a token)")
+                raise ConfigError(where, f"invalid header name {show(name)} (must be a token)")
             if name.lower() in _FORBIDDEN_SET:
                 raise ConfigError(where, f"{name} cannot be set: the proxy owns message framing")
             if name.lower() in seen:
-                raise ConfigError(where, f"header set twice (also as {seen[name.lower()]!r})")
+                raise ConfigError(where, f"header set twice (also as {show(seen[name.lower()])})")
             seen[name.lower()] = name
             self._template(where, parse_at(where, string, template), in_route=True)
         return tuple(table.items())
@@ -276,7 +277,7 @@ class _Builder:
             raise ConfigError(where, 'required (e.g. "http://app")')
         authority, uri = parse_at(where, cc.parse_proxy_pass, table["proxy_pass"])
         if uri is not None and modifier in ("~", "~*"):
-            raise ConfigError(where, f"a URI part ({uri!r}) is not allowed in a regex location:"
+            raise ConfigError(where, f"a URI part ({show(uri)}) is not allowed in a regex location:"
                               " there is no matched prefix to replace")
         values["proxy_pass_upstream"] = self._resolve_upstream(where, authority)
         if values.get("websocket"):
@@ -303,8 +304,8 @@ class _Builder:
         implicit = cc.implicit_upstream(authority)
         if implicit is None:
             known = ", ".join(n for n in self.upstreams) or "none"
-            raise ConfigError(path, f'unknown upstream "{authority}" (known: {known})'
-                              + cc.did_you_mean(authority, self.upstreams))
+            hint = cc.did_you_mean(authority, self.upstreams) if len(self.upstreams) > 3 else ""
+            raise ConfigError(path, f'unknown upstream "{authority}" (known: {known}){hint}')
         name, server = implicit
         self.upstreams[name] = Upstream(name=name, servers=(server,))
         return name
@@ -322,14 +323,14 @@ def _lookup(path: str, name: str, by_name: Callable[[str], Any]) -> None:
     try:
         by_name(name)
     except KeyError:
-        raise ConfigError(path, f"no such {path.split('.')[-1]} {name!r} on this system") from None
+        raise ConfigError(path, f"no such {path.split('.')[-1]} {show(name)} on this system") from None
 
 
 def _regex(path: str, pattern: str, ignore_case: bool) -> None:
     try:
         compile_regex(pattern, ignore_case)
     except re.error as err:
-        raise ConfigError(path, f"invalid regex {pattern!r}: {err}") from None
+        raise ConfigError(path, f"invalid regex {show(pattern)}: {err}") from None
 
 
 def build(raw: dict[str, Any], source: str, base_dir: str) -> Config:

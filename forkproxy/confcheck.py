@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 
 from forkproxy.errors import BadRequest
+from forkproxy.units import show
 from forkproxy.uri import encode_path, normalize_path
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -51,13 +52,13 @@ def _host(text: str, allow_any: bool) -> str:
         try:
             return ipaddress.IPv6Address(inner).compressed
         except ValueError:
-            raise ValueError(f"invalid IPv6 address {inner!r}") from None
+            raise ValueError(f"invalid IPv6 address {show(inner)}") from None
     try:
         return ipaddress.IPv4Address(text).compressed
     except ValueError:
         pass
     raise ValueError(
-        f'expected an IP address or "localhost" (names are not resolved), got {text!r}'
+        f'expected an IP address or "localhost" (names are not resolved), got {show(text)}'
     )
 
 
@@ -80,19 +81,19 @@ def _split_port(text: str) -> tuple[str, str] | None:
 
 def _port(text: str, low: int) -> int:
     if not _PORT.fullmatch(text) or not low <= int(text) <= 65535:
-        raise ValueError(f"invalid port {text!r} (expected {low}..65535)")
+        raise ValueError(f"invalid port {show(text)} (expected {low}..65535)")
     return int(text)
 
 
 def parse_listen_address(value: object) -> tuple[str, int]:
     """nginx `listen`: "host:port", "[v6]:port", "*:port", "port" or "host" (port 80)."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f'expected "host:port", got {value!r}')
+        raise ValueError(f'expected "host:port", got {show(value)}')
     if _PORT.fullmatch(value):
         return "0.0.0.0", _port(value, 0)
     split = _split_port(value)
     if split is None or not split[0]:
-        raise ValueError(f'expected "host:port" (IPv6 as "[::1]:8000"), got {value!r}')
+        raise ValueError(f'expected "host:port" (IPv6 as "[::1]:8000"), got {show(value)}')
     host, port = split
     return _host(host, allow_any=True), _port(port, 0) if port else 80
 
@@ -100,10 +101,10 @@ def parse_listen_address(value: object) -> tuple[str, int]:
 def parse_server_address(value: object) -> tuple[str, int]:
     """An upstream server: "host:port" with an IP address or localhost."""
     if not isinstance(value, str):
-        raise TypeError(f'expected "host:port", got {value!r}')
+        raise TypeError(f'expected "host:port", got {show(value)}')
     split = _split_port(value)
     if split is None or not split[0] or not split[1]:
-        raise ValueError(f'expected "host:port", got {value!r}')
+        raise ValueError(f'expected "host:port", got {show(value)}')
     return _host(split[0], allow_any=False), _port(split[1], 1)
 
 
@@ -114,27 +115,27 @@ def format_address(host: str, port: int) -> str:
 def parse_location_path(value: object) -> tuple[str, str]:
     """(modifier, pattern) of nginx location syntax; prefixes must be normalised paths."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f'expected a location such as "/app/", "= /", "~ \\.php$", got {value!r}')
+        raise ValueError(f'expected a location such as "/app/", "= /", "~ \\.php$", got {show(value)}')
     match = _LOCATION.fullmatch(value.strip())
     assert match is not None  # the pattern accepts any string
     modifier, pattern = match.group(1) or "", match.group(2)
     if not pattern:
-        raise ValueError(f"missing path after {modifier!r}")
+        raise ValueError(f"missing path after {show(modifier)}")
     if modifier in ("~", "~*"):
         return modifier, pattern
     if pattern.startswith("@"):
         raise ValueError("named locations (@name) are not supported")
     if not pattern.startswith("/"):
-        raise ValueError(f"a location path must start with '/', got {pattern!r}")
+        raise ValueError(f"a location path must start with '/', got {show(pattern)}")
     raw = pattern.encode()
     try:
         canonical = normalize_path(encode_path(raw))[0]
     except BadRequest as err:
-        raise ValueError(f"invalid location path {pattern!r}: {err}") from None
+        raise ValueError(f"invalid location path {show(pattern)}: {err}") from None
     if canonical != raw or b"?" in raw:
         raise ValueError(
-            f"location path {pattern!r} can never match a normalised request path;"
-            f" write {canonical.decode()!r}"
+            f"location path {show(pattern)} can never match a normalised request path;"
+            f" write {show(canonical.decode())}"
         )
     return modifier, pattern
 
@@ -142,7 +143,7 @@ def parse_location_path(value: object) -> tuple[str, str]:
 def parse_server_name(value: object) -> str:
     """A server_name entry: exact, "*.example.com", ".example.com", "mail.*", "~regex"."""
     if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
+        raise TypeError(f"expected a string, got {show(value)}")
     if value.startswith("~"):
         if len(value) == 1:
             raise ValueError("empty regex")
@@ -159,7 +160,7 @@ def parse_server_name(value: object) -> str:
         core = core[:-2]
     if "*" in core or not _DNS_NAME.fullmatch(core):
         raise ValueError(
-            f"invalid server name {value!r} (a wildcard is only allowed as"
+            f"invalid server name {show(value)} (a wildcard is only allowed as"
             ' "*.example.com", ".example.com" or "www.example.*")'
         )
     return name
@@ -168,20 +169,20 @@ def parse_server_name(value: object) -> str:
 def parse_proxy_pass(value: object) -> tuple[str, str | None]:
     """(authority, URI part or None) of `proxy_pass = "http://name[:port][/uri]"`."""
     if not isinstance(value, str):
-        raise TypeError(f'expected "http://upstream[/uri]", got {value!r}')
+        raise TypeError(f'expected "http://upstream[/uri]", got {show(value)}')
     if value.lower().startswith("https://"):
         raise ValueError("https upstreams are not supported (forkproxy speaks plain HTTP upstream)")
     if not value.lower().startswith("http://"):
-        raise ValueError(f'expected "http://upstream[/uri]", got {value!r}')
+        raise ValueError(f'expected "http://upstream[/uri]", got {show(value)}')
     rest = value[7:]
     slash = rest.find("/")
     authority, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
     if not authority or "@" in authority:
-        raise ValueError(f"missing or invalid upstream name in {value!r}")
+        raise ValueError(f"missing or invalid upstream name in {show(value)}")
     if "$" in value:
         raise ValueError("variables in proxy_pass are not supported")
     if uri is not None and (encode_path(uri.encode()) != uri.encode() or "?" in uri or "#" in uri):
-        raise ValueError(f"invalid URI part {uri!r} (write other characters percent-encoded)")
+        raise ValueError(f"invalid URI part {show(uri)} (write other characters percent-encoded)")
     return authority, uri
 
 

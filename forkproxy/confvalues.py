@@ -19,7 +19,7 @@ from typing import Any
 from forkproxy import confcheck as cc
 from forkproxy.confmodel import Listen, Server
 from forkproxy.errors import ConfigError
-from forkproxy.units import parse_duration, parse_size
+from forkproxy.units import parse_duration, parse_size, show
 
 Parser = Callable[[Any], Any]
 LOG_LEVELS = ("debug", "info", "notice", "warn", "warning", "error", "crit")
@@ -28,7 +28,7 @@ LOG_LEVELS = ("debug", "info", "notice", "warn", "warning", "error", "crit")
 def integer(low: int) -> Parser:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"expected an integer >= {low}, got {value!r}")
+            raise ValueError(f"expected an integer >= {low}, got {show(value)}")
         return value
     return parse
 
@@ -37,7 +37,7 @@ def duration(positive: bool) -> Parser:
     def parse(value: Any) -> float:
         seconds = parse_duration(value)
         if positive and seconds <= 0:
-            raise ValueError(f"expected a duration above zero, got {value!r}")
+            raise ValueError(f"expected a duration above zero, got {show(value)}")
         return seconds
     return parse
 
@@ -46,7 +46,7 @@ def size(low: int) -> Parser:
     def parse(value: Any) -> int:
         size = parse_size(value)
         if size < low:
-            raise ValueError(f"expected a size of at least {low} bytes, got {value!r}")
+            raise ValueError(f"expected a size of at least {low} bytes, got {show(value)}")
         return size
     return parse
 
@@ -56,30 +56,30 @@ def choice(*choices: str) -> Parser:
         if isinstance(value, float) and f"{value:.1f}" in choices:
             return f"{value:.1f}"  # proxy_http_version = 1.1 written as a TOML float
         if value not in choices:
-            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            raise ValueError(f"expected one of {', '.join(map(show, choices))}, got {show(value)}")
         return str(value)
     return parse
 
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {value!r}")
+        raise TypeError(f"expected true or false, got {show(value)}")
     return value
 
 
 def string(value: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
+        raise TypeError(f"expected a string, got {show(value)}")
     return value
 
 
 def protocols(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f'expected a list of protocol names such as ["websocket"], got {value!r}')
+        raise ValueError(f'expected a list of protocol names such as ["websocket"], got {show(value)}')
     out: list[str] = []
     for name in (v.lower() for v in value):
         if not all(cc.is_token(part) for part in name.split("/", 1)):
-            raise ValueError(f"invalid protocol token {name!r}")
+            raise ValueError(f"invalid protocol token {show(name)}")
         if name.split("/", 1)[0] == "h2c":
             raise ValueError(
                 "h2c cannot be tunnelled: an upgrade to h2c through a proxy bypasses its"
@@ -156,7 +156,7 @@ def check_keys(table: dict[str, Any], allowed: Any, path: str) -> None:
 
 def as_table(value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(path, f"expected a table, got {value!r}")
+        raise ConfigError(path, f"expected a table, got {show(value)}")
     return value
 
 
@@ -225,7 +225,7 @@ def reconcile_listens(servers: tuple[Server, ...], tables: list[dict[str, Any]])
                 prior = explicit.setdefault(addr, {}).setdefault(option, (value, where))
                 if prior[0] != value:
                     raise ConfigError(cc.key(where, option), f"conflicts with {option} ="
-                                      f" {prior[0]!r} for {listen.address} at {prior[1]}")
+                                      f" {show(prior[0])} for {listen.address} at {prior[1]}")
     if not explicit:
         return servers
     out: list[Server] = []

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from forkproxy.units import show
+
 if TYPE_CHECKING:
     from forkproxy.confmodel import MapConfig
     from forkproxy.http.parser import Head
@@ -95,7 +97,7 @@ def parse_template(text: str) -> tuple[tuple[bool, str], ...]:
             parts.append((False, text[pos:dollar]))
         match = _VARIABLE.match(text, dollar)
         if match is None:
-            raise ValueError(f'invalid variable name after "$" in {text!r}')
+            raise ValueError(f'invalid variable name after "$" in {show(text)}')
         parts.append((True, match.group(1) or match.group(2)))
         pos = match.end()
 

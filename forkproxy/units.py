@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from decimal import Decimal, InvalidOperation
@@ -38,13 +39,26 @@ DURATION_HINT = 'a duration such as "60s", "5m", "1h30m", "500ms" or a number of
 SIZE_HINT = 'a size such as "8k", "10m", "1g" or a number of bytes'
 
 
+def show(value: object) -> str:
+    """A TOML value as TOML writes it, for error messages: "x", true, [1, 2]."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {show(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
 def parse_duration(value: object) -> float:
     """Seconds for a TOML value: a non-negative number, or a string of unit parts."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError(f"expected {DURATION_HINT}, got {value!r}")
+        raise TypeError(f"expected {DURATION_HINT}, got {show(value)}")
     if isinstance(value, (int, float)):
         if value < 0 or not math.isfinite(value):
-            raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
+            raise ValueError(f"expected {DURATION_HINT}, got {show(value)}")
         return float(value)
     text = value.strip()
     if _NUMBER.fullmatch(text):
@@ -55,21 +69,21 @@ def parse_duration(value: object) -> float:
     while pos < len(text):
         match = _DURATION_PART.match(text, pos)
         if match is None:
-            raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
+            raise ValueError(f"expected {DURATION_HINT}, got {show(value)}")
         unit = match.group(2)
         rank = _DURATION_ORDER[unit]
         if rank <= last_rank:
             raise ValueError(
-                f"units must appear once each, largest first (as in \"1h30m\"), got {value!r}"
+                f"units must appear once each, largest first (as in \"1h30m\"), got {show(value)}"
             )
         last_rank = rank
         try:
             total += Decimal(match.group(1)) * _DURATION_MS[unit]
         except InvalidOperation:  # pragma: no cover - the regex admits only numbers
-            raise ValueError(f"expected {DURATION_HINT}, got {value!r}") from None
+            raise ValueError(f"expected {DURATION_HINT}, got {show(value)}") from None
         pos = match.end()
     if pos == 0:
-        raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
+        raise ValueError(f"expected {DURATION_HINT}, got {show(value)}")
     return float(total / 1000)
 
 
@@ -92,14 +106,14 @@ def format_duration(seconds: float) -> str | float:
 def parse_size(value: object) -> int:
     """Bytes for a TOML value: a non-negative integer, or digits with k, m or g."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"expected {SIZE_HINT}, got {value!r}")
+        raise TypeError(f"expected {SIZE_HINT}, got {show(value)}")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"expected {SIZE_HINT}, got {value!r}")
+            raise ValueError(f"expected {SIZE_HINT}, got {show(value)}")
         return value
     match = _SIZE.fullmatch(value.strip())
     if match is None:
-        raise ValueError(f"expected {SIZE_HINT}, got {value!r}")
+        raise ValueError(f"expected {SIZE_HINT}, got {show(value)}")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 

@@ -122,7 +122,7 @@ BROKEN = [
     # (replace in MINIMAL or append to it, expected path, message fragment)
     (('"http://app"', '"http://ap"'), "server[0].location[0].proxy_pass",
      'unknown upstream "ap" (known: app)'),
-    (('["127.0.0.1:8080"]', '["x"]'), "upstream.app.servers[0]", 'expected "host:port", got \'x\''),
+    (('["127.0.0.1:8080"]', '["x"]'), "upstream.app.servers[0]", 'expected "host:port", got "x"'),
     ("[master]\nworkers = 0\n", "master.workers", 'expected a positive integer or "auto"'),
     ("[master]\nworkers = \"many\"\n", "master.workers", '"auto"'),
     (('proxy_pass = "http://app"', 'prox_pass = "http://app"'), "server[0].location[0].prox_pass",
@@ -138,7 +138,7 @@ BROKEN = [
     ("[http]\nset_header = { Content-Length = \"1\" }\n", "http.set_header.Content-Length", "framing"),
     ("[http]\nset_header = { X = \"$\" }\n", "http.set_header.X", "invalid variable name"),
     ("[http]\nupgrade_protocols = [\"websocket\", \"h2c\"]\n", "http.upgrade_protocols", "h2c cannot be tunnelled"),
-    ("[http]\nproxy_http_version = \"2\"\n", "http.proxy_http_version", "'1.0', '1.1'"),
+    ("[http]\nproxy_http_version = \"2\"\n", "http.proxy_http_version", 'expected one of "1.0", "1.1", got "2"'),
     ("[http]\nlisten = []\n", "http.listen", 'unknown key "listen"'),
     ("[map.up]\nsource = \"$http_upgrade\"\nvalues = { \"~(\" = \"x\" }\n", 'map.up.values."~("', "invalid regex"),
     ("[map.up]\ndefault = \"x\"\n", "map.up.source", "required"),
@@ -157,7 +157,7 @@ BROKEN = [
     ("[[server]]\nlisten = [\"127.0.0.1:8001\"]\n[[server.location]]\npath = \"app/\"\nproxy_pass = \"http://app\"\n",
      "server[1].location[0].path", "must start with '/'"),
     ("[[server]]\nlisten = [\"127.0.0.1:8001\"]\n[[server.location]]\npath = \"/a//b/\"\nproxy_pass = \"http://app\"\n",
-     "server[1].location[0].path", "write '/a/b/'"),
+     "server[1].location[0].path", 'write "/a/b/"'),
     ("[[server]]\nlisten = [\"127.0.0.1:8001\"]\n[[server.location]]\npath = \"/\"\nproxy_pass = \"https://app\"\n",
      "server[1].location[0].proxy_pass", "https upstreams are not supported"),
     ("[[server]]\nlisten = [\"127.0.0.1:8001\"]\n[[server.location]]\npath = \"/\"\n",
@@ -228,9 +228,12 @@ def test_no_server_and_unreadable_file(tmp_path: Path) -> None:
         load(str(bad))
 
 
-def test_unknown_upstream_did_you_mean() -> None:
-    err = error_of(MINIMAL.replace('"http://app"', '"http://apps"'))
-    assert err.message == 'unknown upstream "apps" (known: app) (did you mean "app"?)'
+def test_unknown_upstream_message() -> None:
+    err = error_of(MINIMAL.replace('"http://app"', '"http://ap"'))
+    assert str(err) == 'server[0].location[0].proxy_pass: unknown upstream "ap" (known: app)'
+    many = "".join(f'[upstream.{n}]\nservers = ["127.0.0.1:1"]\n' for n in ("db", "cache", "auth"))
+    err = error_of(many + MINIMAL.replace('"http://app"', '"http://apps"'))
+    assert err.message == 'unknown upstream "apps" (known: db, cache, auth, app) (did you mean "app"?)'
 
 
 # -- values --------------------------------------------------------------------------
