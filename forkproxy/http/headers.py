@@ -1,0 +1,119 @@
+# Invariants: a Headers keeps every field line in received order and case, repeated
+# fields stay repeated (Set-Cookie is never joined); `_lnames[i]` is `items[i][0]`
+# lowercased. That parallel list is the index: a lookup is a C-level scan of a few
+# dozen names at most, cheaper than building a dict for every message.
+# A Headers is treated as immutable once built: code that wants a different field list
+# builds a new list (end_to_end) instead of editing `items`.
+"""Header fields as a list plus a lowercase index; hop-by-hop removal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import repeat
+
+_OWS = b" \t"
+
+# RFC 9110 §7.6.1 and the de facto ones (Keep-Alive, Proxy-Connection). Upgrade is
+# hop-by-hop too; the connection layer passes it explicitly on a 101.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+class Headers:
+    __slots__ = ("items", "_lnames")
+
+    items: list[tuple[bytes, bytes]]
+    _lnames: list[bytes]
+
+    def __init__(self, items: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.items = items if items is not None else []
+        self._lnames = [name.lower() for name, _ in self.items]
+
+    @classmethod
+    def _parsed(cls, items: list[tuple[bytes, bytes]], lnames: list[bytes]) -> Headers:
+        """Build from a parser that already lowercased the names (no second pass)."""
+        self = cls.__new__(cls)
+        self.items = items
+        self._lnames = lnames
+        return self
+
+    def get(self, lname: bytes) -> bytes | None:
+        """The first value of field `lname` (already lowercase), or None."""
+        lnames = self._lnames
+        if lname in lnames:
+            return self.items[lnames.index(lname)][1]
+        return None
+
+    def get_all(self, lname: bytes) -> list[bytes]:
+        """Every value of field `lname`, in order, never joined."""
+        if lname not in self._lnames:
+            return []
+        return [item[1] for ln, item in zip(self._lnames, self.items) if ln == lname]
+
+    def __contains__(self, lname: object) -> bool:
+        return lname in self._lnames
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items!r})"
+
+    def count(self, lname: bytes) -> int:
+        """How many field lines are named `lname`."""
+        return self._lnames.count(lname)
+
+    def combined(self, lname: bytes) -> bytes | None:
+        """All values of a list field joined with ", " (RFC 9110 §5.3), or None."""
+        lnames = self._lnames
+        n = lnames.count(lname)
+        if n == 0:
+            return None
+        if n == 1:
+            return self.items[lnames.index(lname)][1]
+        return b", ".join(self.get_all(lname))
+
+    def tokens(self, lname: bytes) -> frozenset[bytes]:
+        """A comma-separated list field as lowercased tokens, empty elements dropped."""
+        value = self.combined(lname)
+        if value is None:
+            return frozenset()
+        return token_set(value)
+
+
+def token_set(value: bytes) -> frozenset[bytes]:
+    """A comma-separated list value as a set of lowercased elements, empties dropped."""
+    return frozenset(list_tokens(value))
+
+
+def list_tokens(value: bytes) -> tuple[bytes, ...]:
+    """A comma-separated list value as lowercased elements in order, empties dropped."""
+    value = value.lower()
+    if 44 not in value:  # no comma (int membership skips the buffer protocol)
+        value = value.strip(_OWS)
+        return (value,) if value else ()
+    return tuple([t for t in map(bytes.strip, value.split(b","), repeat(_OWS)) if t])
+
+
+def end_to_end(
+    headers: Headers, drop: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """The fields without hop-by-hop ones, those named in Connection, and `drop`."""
+    remove = HOP_BY_HOP
+    if b"connection" in headers._lnames:
+        remove = remove | headers.tokens(b"connection")
+    if drop:
+        remove = remove | drop
+    return [item for ln, item in zip(headers._lnames, headers.items) if ln not in remove]
