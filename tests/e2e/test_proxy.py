@@ -311,8 +311,10 @@ def test_slow_receivers_hold_back_senders(make_proxy):
             assert data, buf
             buf += data
         sock.close()
-        # the sender was held back to about the reader's pace, and memory stayed flat
-        assert elapsed > 10, elapsed
+        # the sender was held back (a fast backend takes 20 MiB in well under a second; kernel
+        # socket buffers on loopback can hold several MiB, so the bound is loose), and the
+        # worker's memory stayed flat
+        assert elapsed > 2, elapsed
         assert peak < 20 << 20, peak
 
     # the other way: a slow client reading a 20 MiB response
