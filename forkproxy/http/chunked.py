@@ -25,6 +25,8 @@ from forkproxy.http import grammar as g
 SIZE, DATA, DATA_CR, DATA_LF, TRAILER, DONE = range(6)
 
 _LF = re.compile(rb"\n")
+# How an unfinished size line must begin: hex digits, then the end, ";", BWS or CR.
+_SIZE_START = re.compile(rb"[0-9A-Fa-f]{1,16}(?:[;\t \r]|\Z)")
 _MAX_CHUNK = 2**63 - 1
 _MAX_TRAILERS = 32768  # bytes of trailer lines in one message
 
@@ -102,7 +104,7 @@ class ChunkedDecoder:
             raise BadRequest("malformed chunk size line" if state == SIZE else "bad trailer")
         if n >= limit:
             raise BadRequest("chunk line too long")
-        self._keep(bytes(data[pos:n]))
+        self._keep(bytes(data[pos:n]), state)
         return n, state
 
     def _finish_line(self, data: Buffer, pos: int, n: int, state: int) -> tuple[int, int]:
@@ -113,7 +115,7 @@ class ChunkedDecoder:
         if lf is None:
             if n - pos >= room:
                 raise BadRequest("chunk line too long")
-            self._keep(partial + bytes(data[pos:n]))
+            self._keep(partial + bytes(data[pos:n]), state)
             return n, state
         end = lf.end()
         line = partial + bytes(data[pos:end])
@@ -130,10 +132,13 @@ class ChunkedDecoder:
         self._count_trailer(len(line))
         return end, TRAILER
 
-    def _keep(self, partial: bytes) -> None:
+    def _keep(self, partial: bytes, state: int) -> None:
+        """Hold an unfinished line, failing now if no ending could make it valid."""
         # A CR may only be the last byte of an unfinished line (its LF is to come).
         if partial.find(b"\r", 0, len(partial) - 1) >= 0:
             raise BadRequest("bare CR in a chunk line")
+        if state == SIZE and _SIZE_START.match(partial) is None:
+            raise BadRequest("malformed chunk size")
         self._partial = partial
 
     def _sized(self, hexsize: bytes) -> int:

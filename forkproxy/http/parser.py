@@ -154,7 +154,7 @@ class _HeadReader:
             if eol >= 0:
                 self._start_line(bytes(buf[:eol]))
                 self._line_ok = True
-            elif n > self._max_line:
+            elif n - (buf[-1] == 13) > self._max_line:  # a last CR may end the line
                 raise UriTooLong(f"request line longer than {self._max_line} bytes")
         self._scan = n
 
