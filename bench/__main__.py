@@ -11,6 +11,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "backend": ("bench.backend", "HTTP/1.1 + WebSocket echo backend"),
     "demo": ("bench.demo", "what `make run` does: backend + forkproxy + tips"),
+    "run": ("bench.run", "forkproxy vs nginx vs direct: the benchmark table (--quick for CI)"),
+    "report": ("bench.report", "print the tables of a saved run (bench/out/*.json)"),
+    "profile": ("bench.profile", "Python calls and syscalls per proxied request / tunnelled message"),
+    "tune": ("bench.tune", "recommend tunnel_timeout / proxy_read_timeout (sweep or --from-log)"),
+    "rawbackend": ("bench.rawbackend", "raw epoll backend: WebSocket sink/echo, uploads, fixed bodies"),
 }
 
 

@@ -1,0 +1,225 @@
+"""`python -m bench run`: forkproxy, nginx and direct side by side, rounds alternating.
+
+  python -m bench run [--quick] [--rounds N] [--scenarios NAME ...] [--layout shared|pinned]
+                      [--out DIR] [--workers N]
+
+Invariants:
+- One set of backends and one instance of each contender serve the whole run; each
+  scenario runs all its rounds before the next starts, and within a round the contenders
+  take turns in an order that rotates by one each round.
+- Each measurement is wrapped in CPU readings of the contender, the backends and the
+  generators; generators+backends at >= 90% of the cores they had make it inconclusive.
+- A missing tool (nginx, wrk, taskset, matplotlib) is printed and skips only what needs
+  it. The exit status is 1 only when a scenario errored, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .contenders import Backends, Contender, Direct, Forkproxy, Nginx, nginx_version
+from .procs import Services, children_cpu, log, raise_nofile, which
+from .scenarios import BY_NAME, SCENARIOS, Ctx, Scenario
+from .stats import median
+from .tunnelstats import splice_share
+
+SATURATED = 0.9
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem / 2**30, 1),
+            "kernel": platform.release(), "python": platform.python_version(), "nginx": nginx_version(),
+            "wrk": "installed" if which("wrk") else "missing"}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench run", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 round of short windows (CI smoke test, < 2 min)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 3, quick 1)")
+    ap.add_argument("--scenarios", nargs="+", choices=[s.name for s in SCENARIOS], metavar="NAME",
+                    help="subset of: " + " ".join(s.name for s in SCENARIOS))
+    ap.add_argument("--layout", choices=("shared", "pinned"), default="shared",
+                    help="pinned: proxies on CPU 0, backends and generators on the others (taskset)")
+    ap.add_argument("--contenders", nargs="+", choices=("forkproxy", "nginx", "direct"),
+                    default=["forkproxy", "nginx", "direct"])
+    ap.add_argument("--workers", type=int, default=2, help="workers of each proxy (default 2)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per measured window (default 5, quick 1)")
+    ap.add_argument("--idle-tunnels", type=int, default=None, help="default 5000, quick 500")
+    ap.add_argument("--reloads", type=int, default=None, help="default 20, quick 5")
+    ap.add_argument("--out", type=Path, default=OUT)
+    return ap.parse_args(argv)
+
+
+def layout_cpus(layout: str) -> tuple[list[int] | None, list[int] | None, str]:
+    """(proxy cpus, generator+backend cpus, note)."""
+    if layout == "shared":
+        return None, None, ""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not which("taskset"):
+        return None, None, "pinned layout needs 2 CPUs and taskset: running shared"
+    return cpus[:1], cpus[1:], ""
+
+
+def measure(ctx: Ctx, sc: Scenario, c: Contender, backends: Backends, rnd: int) -> dict[str, Any]:
+    p0, b0, g0, t0 = c.cpu(), backends.cpu(), children_cpu(), time.monotonic()
+    size0 = _size(c)
+    rec: dict[str, Any] = {"round": rnd, "contender": c.name}
+    try:
+        m = sc.fn(ctx, c)
+    except Exception as e:  # one failed measurement is reported, the run goes on
+        rec["error"] = f"{type(e).__name__}: {e}"
+        log(f"  {sc.name} {c.name}: ERROR {rec['error']}")
+        traceback.print_exc(limit=2, file=sys.stderr)
+        return rec
+    wall = time.monotonic() - t0
+    cpu = {"proxy": c.cpu() - p0, "backends": backends.cpu() - b0, "generators": children_cpu() - g0, "wall": wall}
+    rec.update(metrics=m.metrics, work=m.work, extra=m.extra, errors=m.errors, cpu=cpu)
+    share = splice_share(getattr(c, "tunnel_log", None), size0)
+    if share is not None and sc.name.startswith("ws_"):
+        rec["extra"]["splice_share"] = share
+    used = (cpu["generators"] + cpu["backends"]) / wall
+    proxy_used = cpu["proxy"] / wall
+    have = len(ctx.gen_cpus) if ctx.gen_cpus else (os.cpu_count() or 1) - proxy_used
+    rec["inconclusive"] = bool(c.is_proxy and sc.per and used >= SATURATED * have)
+    if m.errors:
+        rec["error"] = f"{m.errors} errors reported by the generators"
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
+    log(f"  {sc.name} round {rnd} {c.name}: {shown}; cores: proxy {proxy_used:.2f}, gen+backends {used:.2f}"
+        + (" (inconclusive)" if rec["inconclusive"] else "") + (f"; {m.errors} errors" if m.errors else ""))
+    return rec
+
+
+def _size(c: Contender) -> int:
+    path = getattr(c, "tunnel_log", None)
+    try:
+        return path.stat().st_size if path else 0
+    except OSError:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (1.0 if args.quick else 5.0)
+    proxy_cpus, gen_cpus, note = layout_cpus(args.layout)
+    ctx = Ctx(quick=args.quick, duration=duration, warm=0.5 if args.quick else 1.0, gen_cpus=gen_cpus,
+              idle_tunnels=args.idle_tunnels or (500 if args.quick else 5000),
+              reloads=args.reloads or (5 if args.quick else 20))
+    nofile = raise_nofile(65536)
+    notes = [n for n in (note,) if n]
+    if nofile < 4 * ctx.idle_tunnels:
+        ctx.idle_tunnels = max(100, nofile // 4 - 200)
+        notes.append(f"RLIMIT_NOFILE is {nofile}: idle tunnels cut to {ctx.idle_tunnels}")
+    missing = {t for t in ("nginx", "wrk") if not which(t)}
+    for t in sorted(missing):
+        notes.append(f"{t} missing (apt-get install {'nginx-light' if t == 'nginx' else t}): "
+                     + ("the nginx contender is skipped" if t == "nginx" else "wrk scenarios are skipped"))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        notes.append("matplotlib missing (pip install -e '.[bench]'): no PNG charts")
+    for n in notes:
+        log(n)
+    wanted = [BY_NAME[n] for n in args.scenarios] if args.scenarios else list(SCENARIOS)
+    command = "python -m bench run " + " ".join(shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv))
+    rec: dict[str, Any] = {"command": command.strip(), "started": dt.datetime.now().isoformat(timespec="seconds"),
+                           "machine": machine(), "layout": args.layout if proxy_cpus or args.layout == "shared" else "shared",
+                           "rounds": rounds, "duration": duration, "notes": notes, "contenders": [], "scenarios": {}}
+    services = Services()
+    work = Path(tempfile.mkdtemp(prefix="forkproxy-bench-"))
+    errored = False
+    try:
+        log(f"work dir {work}; starting backends")
+        backends = Backends(work, services, gen_cpus, workers=2)
+        notes += backends.notes
+        contenders: list[Contender] = []
+        for name in args.contenders:
+            if name == "nginx" and "nginx" in missing:
+                continue
+            log(f"starting {name}")
+            try:
+                if name == "forkproxy":
+                    contenders.append(Forkproxy(work, backends, services, proxy_cpus, args.workers))
+                elif name == "nginx":
+                    contenders.append(Nginx(work, backends, services, proxy_cpus, args.workers))
+                else:
+                    contenders.append(Direct(backends))
+            except Exception as e:
+                log(f"{name} did not start: {e}")
+                notes.append(f"{name} did not start: {e}")
+                errored = True
+        rec["contenders"] = [c.name for c in contenders]
+        for sc in wanted:
+            entry: dict[str, Any] = {"title": sc.title, "per": sc.per, "rounds": [],
+                                     "metrics": [asdict(m) | {"higher": m.higher_is_better} for m in sc.metrics]}
+            rec["scenarios"][sc.name] = entry
+            lacking = [t for t in sc.needs if t in missing]
+            if lacking:
+                entry["skipped"] = f"{', '.join(lacking)} missing"
+                log(f"{sc.name}: skipped ({entry['skipped']})")
+                continue
+            if sc.name == "http_latency":
+                _set_rate(ctx, rec)
+            log(f"{sc.name}: {sc.title}")
+            who = [c for c in contenders if c.is_proxy or not sc.proxies_only]
+            for rnd in range(rounds):
+                order = who[rnd % len(who):] + who[:rnd % len(who)] if who else []
+                for c in order:
+                    r = measure(ctx, sc, c, backends, rnd)
+                    entry["rounds"].append(r)
+                    if r.get("error") and "errors reported" not in r["error"]:
+                        errored = True
+    finally:
+        services.stop_all()
+    rec["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    jpath = args.out / f"bench-{stamp}.json"
+    jpath.write_text(json.dumps(rec, indent=1, default=float))
+    md = report.markdown(rec)
+    (args.out / f"bench-{stamp}.md").write_text(md)
+    png = report.charts(rec, args.out / f"bench-{stamp}.png")
+    print(md)
+    for n in notes:
+        print(f"note: {n}")
+    print(f"\nJSON: {jpath}" + (f"\nchart: {png}" if png else ""))
+    return 1 if errored else 0
+
+
+def _set_rate(ctx: Ctx, rec: dict[str, Any]) -> None:
+    rounds = rec["scenarios"].get("http_rps", {}).get("rounds", [])
+    for who in ("nginx", "forkproxy", "direct"):
+        vals = [r["metrics"]["rps"] for r in rounds if r["contender"] == who and not r.get("error")]
+        if vals:
+            ctx.offered_rate = median(vals) / 2
+            ctx.rate_source = f"half of {who}'s measured maximum"
+            return
+    ctx.offered_rate = 1000.0
+    ctx.rate_source = "fixed 1,000 req/s (no maximum measured in this run)"
