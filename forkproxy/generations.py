@@ -117,8 +117,8 @@ class Generations:
 
     def _answer(self, gen: Generation, ok: bool, message: str) -> None:
         waiters, gen.waiters = gen.waiters, []
-        if not waiters:
-            (log.info if ok else log.error)("%s", message)
+        if not waiters and not ok:  # success was logged by _commit already
+            log.error("%s", message)
         for i, reply in enumerate(waiters):
             self._verdict(reply, ok, message, quiet=i > 0)
 
