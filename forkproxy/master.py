@@ -178,6 +178,7 @@ class Master:
         return max(0.0, min([TICK, *(t - now for t in due)]))
 
     def _after_step(self, now: float) -> None:
+        self.sup.check_heartbeats(now)
         self.sup.kill_overdue(now)
         self.upgrade.expire(now)
         if self.control is not None:

@@ -10,7 +10,8 @@ Invariants:
 - A worker that dies young (before READY, or within CRASH_WINDOW seconds) counts as a
   crash of its index; consecutive crashes back off exponentially up to MAX_BACKOFF, so a
   crash loop never becomes a fork storm. One that lived longer is replaced at once.
-- A retired worker has a kill deadline; past it the master sends SIGKILL once.
+- A retired worker has a kill deadline; past it the master sends SIGKILL once. A worker
+  whose scoreboard heartbeat is HEARTBEAT_TIMEOUT old is hung: SIGABRT, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import psutil
 
 from . import child
 from .netio import Listener
-from .scoreboard import READY, Scoreboard
+from .scoreboard import EXITING, READY, Scoreboard
 
 log = logging.getLogger("forkproxy.master")
 
@@ -35,6 +36,8 @@ CRASH_WINDOW = 10.0
 MAX_BACKOFF = 30.0
 FIRST_BACKOFF = 0.5
 KILL_MARGIN = 5.0  # seconds past shutdown_timeout before a draining worker is killed
+HEARTBEAT_TIMEOUT = 30.0  # a worker silent this long is hung: SIGABRT, then SIGKILL
+ABORT_GRACE = 5.0
 
 
 @dataclass(slots=True, eq=False)
@@ -64,6 +67,7 @@ class WorkerProc:
     quit_when_replaced: bool = False  # recycling: drain once a successor of its index is ready
     kill_at: float | None = None
     killed: bool = False
+    aborted: bool = False
 
 
 def describe_status(status: int) -> str:
@@ -207,6 +211,20 @@ class Supervisor:
             w.quit_when_replaced = False
             w.kill_at = deadline if w.kill_at is None else min(w.kill_at, deadline)
         self.send(procs, signum)
+
+    def check_heartbeats(self, now: float) -> None:
+        """A worker whose scoreboard heartbeat stopped is hung: SIGABRT, SIGKILL if that fails."""
+        for w in self.workers.values():
+            if w.aborted or w.killed:
+                continue
+            info = self.board.read(w.slot)
+            if info is None or info.state == EXITING or now - info.heartbeat < HEARTBEAT_TIMEOUT:
+                continue
+            w.aborted = True
+            w.kill_at = now + ABORT_GRACE if w.kill_at is None else min(w.kill_at, now + ABORT_GRACE)
+            log.error("worker %d gen %d (pid %d) silent for %.0fs: SIGABRT", w.index, w.gen.number,
+                      w.pid, now - info.heartbeat)
+            self.send([w], signal.SIGABRT)
 
     def kill_overdue(self, now: float) -> None:
         for w in self.workers.values():

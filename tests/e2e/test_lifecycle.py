@@ -160,3 +160,29 @@ def test_systemd_notify_protocol(make_proxy, tmp_path) -> None:  # type: ignore[
         assert p.stop() == 0
     finally:
         sock.close()
+
+
+def test_a_hung_worker_is_aborted_then_killed_and_replaced(proxy: Proxy) -> None:
+    workers = proxy.wait_workers(2)
+    victim = min(workers)
+    os.kill(victim, signal.SIGSTOP)  # its heartbeat stops; SIGABRT waits, SIGKILL does not
+    wait_until(lambda: not pids_alive([victim]), 50, "the hung worker to be killed")
+    replaced = proxy.wait_workers(2)
+    assert victim not in replaced
+    log = proxy.log()
+    assert f"(pid {victim}) silent for" in log and f"(pid {victim}) still alive past its deadline: SIGKILL" in log
+
+
+def test_rlimit_nofile_is_raised_to_fit_worker_connections(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    p = make_proxy(master={"worker_connections": 2000}, wrapper=["prlimit", "--nofile=1024:20000"])
+    for pid in [p.pid, *p.wait_workers(2)]:
+        soft, _ = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
+        assert soft >= 2000 * 3, soft
+
+
+def test_rlimit_nofile_beyond_the_hard_limit_is_raised_or_reported(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    p = make_proxy(master={"worker_connections": 2000}, wrapper=["prlimit", "--nofile=1024:4096"])
+    for pid in p.wait_workers(2):
+        soft, hard = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
+        # root with CAP_SYS_RESOURCE raises the hard limit too; without it, the most it may
+        assert soft >= 2000 * 3 or (soft == hard == 4096 and "below the 6128" in p.log()), (soft, hard)
