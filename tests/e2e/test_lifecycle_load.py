@@ -286,3 +286,20 @@ def test_tunnels_survive_reload_and_close_spread_before_shutdown_timeout(  # typ
     assert [rec["end"] for rec in records] == ["shutdown"] * len(sockets)
     wait_until(lambda: not p.worker_pids(generation=1), 10, "generation 1 to exit")
     assert pids_alive(p.worker_pids(generation=2))
+
+
+@pytest.mark.parametrize("limit", [{"max_requests": 40}, {"max_worker_rss": 1}])
+def test_recycling_replaces_workers_gracefully(make_proxy, backend: Backend, limit) -> None:  # type: ignore[no-untyped-def]
+    p: Proxy = make_proxy(BODY.format(port=backend.port), master=limit)
+    first = p.wait_workers(2)
+    stop = threading.Event()
+    clients = _start_load(p.port, stop)
+    try:
+        wait_until(lambda: not pids_alive(first), 20, "the first workers to be recycled")
+        served = sum(c.ok for c in clients)
+        wait_until(lambda: sum(c.ok for c in clients) > served + 20, 10, "requests after recycling")
+    finally:
+        failures = _finish_load(clients, stop)
+    assert failures == [], failures[:10]
+    assert "recycling worker" in p.log()
+    assert "respawning" not in p.log()
