@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 
 from forkproxy.confmodel import Config, Location, Server, Upstream
-from forkproxy.http.headers import end_to_end
+from forkproxy.http.headers import HOP_BY_HOP
 from forkproxy.template import Compiler, RequestVars, Template, compile_regex
 from forkproxy.uri import encode_path, normalize_path, origin_form, target_host
 
@@ -68,10 +68,12 @@ class Route:
                 fields.append((name.encode() + b": ", template))
         self._host = host
         self._fields = tuple(fields)
-        self._drop = frozenset({b"host"} | {n.lower().encode() for n, _ in location.set_header})
+        # Removed from the client's fields: hop-by-hop ones, Host and what set_header
+        # sets; built once, so a request only adds the names its Connection lists.
+        self._drop = HOP_BY_HOP | {b"host"} | {n.lower().encode() for n, _ in location.set_header}
         # nginx sends "Connection: close" to HTTP/1.0 upstreams; 1.1 keeps the
         # connection alive with no Connection field at all (unless set_header sets one).
-        sets_connection = b"connection" in self._drop
+        sets_connection = any(n.lower() == "connection" for n, _ in location.set_header)
         self._close = location.proxy_http_version == "1.0" and not sets_connection
         self._redirect_hosts, self._redirect_from, self._redirect_to = _redirect_map(
             location, upstream
@@ -89,14 +91,22 @@ class Route:
 
     def request_head(self, v: RequestVars, framing_chunked: bool) -> bytes:
         """The complete head for the upstream, CRLFCRLF included, built in one join."""
-        lines = [v.head.method + b" " + self.upstream_target(v) + self._version]
+        head = v.head
+        target = v.request_uri
+        if self._uri is not None or target[:1] != b"/":
+            target = self.upstream_target(v)
+        lines = [head.method + b" " + target + self._version]
         if self._host is None:
             lines.append(b"Host: " + (v.host or v.server_name))  # nginx's $host
         else:
             value = self._host.render(v)
             if value:
                 lines.append(b"Host: " + value)
-        lines += [name + b": " + value for name, value in end_to_end(v.head.headers, self._drop)]
+        headers = head.headers
+        drop = self._drop
+        if headers.get(b"connection") is not None:
+            drop = drop | headers.tokens(b"connection")
+        lines += [name + b": " + value for name, value in headers if name.lower() not in drop]
         for prefix, template in self._fields:
             value = template.render(v)
             if value:  # a value that renders empty removes the field (as nginx)
