@@ -104,6 +104,7 @@ def _run(path: str) -> int:
 
 def _verb(path: str, verb: str, timeout: float) -> int:
     where = locate.paths(path)
+    master = pidfile.running_master(where.pidfile)
     try:
         answer = control.request(where.control, verb, timeout)
     except control.ControlError as e:
@@ -112,8 +113,8 @@ def _verb(path: str, verb: str, timeout: float) -> int:
     if not answer.get("ok"):
         return _err(message)
     print(f"forkproxy: {message}")
-    if verb == "stop":
-        return _wait_gone(where.pidfile, timeout)
+    if verb == "stop" and master is not None:
+        return _wait_gone(master, timeout)
     return 0
 
 
@@ -128,10 +129,9 @@ def _by_signal(where: locate.Paths, verb: str, why: str) -> int:
     return 0
 
 
-def _wait_gone(pidfile_path: str, timeout: float) -> int:
-    pid = pidfile.read(pidfile_path)
+def _wait_gone(pid: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    while pid is not None and pidfile.is_master(pid):
+    while pidfile.is_master(pid):
         if time.monotonic() >= deadline:
             return _err(f"master pid {pid} still running after {timeout:g}s")
         time.sleep(0.05)
