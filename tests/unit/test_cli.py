@@ -84,9 +84,9 @@ def test_pidfile_is_trusted_only_for_a_forkproxy_master(tmp_path: Path) -> None:
     pidfile.write(path, os.getpid())
     assert pidfile.read(path) == os.getpid()
     assert pidfile.running_master(path) is None  # pytest is not a forkproxy master
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import setproctitle, time; setproctitle.setproctitle('forkproxy: master gen 1'); "
-                              "print(flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    code = ("import setproctitle, time; setproctitle.setproctitle('forkproxy: master gen 1'); "
+            "print(flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdout.readline()
         pidfile.write(path, child.pid)
