@@ -34,7 +34,7 @@ Buffer = bytes | bytearray | memoryview
 
 
 class ChunkedDecoder:
-    __slots__ = ("_state", "_remaining", "_partial", "_max_line", "_trailers")
+    __slots__ = ("_max_line", "_partial", "_remaining", "_state", "_trailers")
 
     def __init__(self, max_line: int = 4096) -> None:
         self._state = SIZE
@@ -56,8 +56,7 @@ class ChunkedDecoder:
         while pos < n and state != DONE:
             if state == DATA:
                 end = pos + self._remaining
-                if end > n:
-                    end = n
+                end = min(end, n)
                 spans.append((pos, end))
                 self._remaining -= end - pos
                 pos = end

@@ -29,22 +29,19 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 
 
 class Headers:
-    __slots__ = ("items", "_lnames")
+    __slots__ = ("_lnames", "items")
 
     items: list[tuple[bytes, bytes]]
     _lnames: list[bytes]
 
-    def __init__(self, items: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        items: list[tuple[bytes, bytes]] | None = None,
+        lnames: list[bytes] | None = None,
+    ) -> None:
+        """`lnames`, when given, must be the lowercased names of `items` (parsers)."""
         self.items = items if items is not None else []
-        self._lnames = [name.lower() for name, _ in self.items]
-
-    @classmethod
-    def _parsed(cls, items: list[tuple[bytes, bytes]], lnames: list[bytes]) -> Headers:
-        """Build from a parser that already lowercased the names (no second pass)."""
-        self = cls.__new__(cls)
-        self.items = items
-        self._lnames = lnames
-        return self
+        self._lnames = lnames if lnames is not None else [n.lower() for n, _ in self.items]
 
     def get(self, lname: bytes) -> bytes | None:
         """The first value of field `lname` (already lowercase), or None."""

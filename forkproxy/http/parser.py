@@ -2,21 +2,23 @@
 # - Sans-I/O: bytes in, a Head out; no sockets, clocks or config. Errors are HttpError
 #   subclasses only (BadRequest, UriTooLong, HeadTooLarge); nothing else escapes feed().
 # - The end of a head is found with one bytes.find per feed, resumed 3 bytes before
-#   where the previous search stopped; a head is split and validated once, with
-#   precompiled regexes over the whole block (no per-byte Python).
+#   where the previous search stopped; a head is split once and validated with a few
+#   C-level passes over the whole block (translate, split); no per-byte Python.
 # - When nothing is buffered and `data` holds a complete head, it is parsed straight
 #   from `data`; only bytes after the head are kept (until take_rest()).
 # - An idle parser holds no buffer (`buffered == 0`). Memory is bounded by max_head:
 #   a partial head is never allowed to grow past it.
-# - A partial head is judged as it arrives for bare CR/LF and control bytes, and the
-#   request line against max_line, so a malformed request fails promptly.
+# - A partial head is judged as it arrives (bare CR/LF, control bytes, obs-fold; the
+#   start line as soon as it is complete, the request line against max_line), so a
+#   malformed request fails promptly instead of at the size limit.
 #
 # Body framing (RFC 9112 §6.3), decided once per head:
 #   request:  TE+CL -> 400 | TE in HTTP/1.0 -> 400 | TE not ending in one chunked -> 400
-#             | TE -> CHUNKED | CL (valid) -> LENGTH | neither -> NONE | CONNECT -> NONE
+#             | TE -> CHUNKED | CL (valid) -> LENGTH | neither -> NONE
+#             | CONNECT -> NONE and not keep-alive (what follows is the tunnel's)
 #   response: request HEAD, 1xx, 204, 304, 2xx to CONNECT -> NONE | TE+CL -> error
 #             | TE ending in chunked -> CHUNKED | other TE -> CLOSE | CL -> LENGTH
-#             | neither -> CLOSE
+#             | neither -> CLOSE; CLOSE or TE in an HTTP/1.0 response -> not keep-alive
 """Incremental HTTP/1.1 head parsers: RequestParser and ResponseParser."""
 
 from __future__ import annotations
@@ -33,8 +35,18 @@ _VERSIONS = {b"HTTP/1.1": 11, b"HTTP/1.0": 10}
 
 class Head:
     __slots__ = (
-        "method", "target", "version", "status", "reason", "headers",
-        "framing", "length", "keep_alive", "upgrade", "expect_continue", "size",
+        "expect_continue",
+        "framing",
+        "headers",
+        "keep_alive",
+        "length",
+        "method",
+        "reason",
+        "size",
+        "status",
+        "target",
+        "upgrade",
+        "version",
     )
 
     def __init__(
@@ -78,7 +90,7 @@ class Head:
 class _HeadReader:
     """Buffering shared by both parsers; subclasses turn a complete head into a Head."""
 
-    __slots__ = ("_buf", "_scan", "_line_ok", "_max_line", "_max_head", "_max_headers")
+    __slots__ = ("_buf", "_line_ok", "_max_head", "_max_headers", "_max_line", "_scan")
 
     _skip_crlf = False  # requests: ignore empty lines before the request line
 
@@ -101,7 +113,7 @@ class _HeadReader:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> Head | None:
+    def feed(self, data: bytes | bytearray | memoryview) -> Head | None:
         """Append data; the Head once complete, else None. See the module comment."""
         if type(data) is not bytes:
             data = bytes(data)
@@ -117,7 +129,7 @@ class _HeadReader:
                     return head
             self._buf = buf = bytearray(data)
         else:
-            if type(buf) is bytes:
+            if isinstance(buf, bytes):  # bytes left after a head: start a buffer
                 self._buf = buf = bytearray(buf)
             buf += data
         return self._search(buf)
@@ -130,7 +142,7 @@ class _HeadReader:
                 i += 2
             if i:
                 del buf[:i]
-            if len(buf) < 2 and buf in (b"", b"\r"):
+            if not buf or (len(buf) == 1 and buf[0] == 13):
                 return None  # only empty lines so far: nothing is held but a CR
         end = buf.find(b"\r\n\r\n", scan - 3 if scan > 3 else 0, self._max_head)
         if end < 0:
@@ -200,7 +212,7 @@ class _HeadReader:
             lappend(name.lower())
         if b"" in lnames or b"".join(lnames).translate(None, TCHAR_BYTES):
             raise BadRequest("empty or invalid field name")
-        return Headers._parsed(items, lnames)
+        return Headers(items, lnames)
 
 
 class RequestParser(_HeadReader):
@@ -279,7 +291,7 @@ class RequestParser(_HeadReader):
 
 
 class ResponseParser(_HeadReader):
-    __slots__ = ("_head_request", "_connect")
+    __slots__ = ("_connect", "_head_request")
 
     def __init__(self, max_head: int = 65536, max_headers: int = 100) -> None:
         super().__init__(max_head, max_head, max_headers)
@@ -330,8 +342,8 @@ class ResponseParser(_HeadReader):
             framing = LENGTH
         else:
             framing = CLOSE
-        if framing == CLOSE:
-            keep_alive = False
+        if framing == CLOSE or (te is not None and version == 10):
+            keep_alive = False  # RFC 9112 §6.1: TE in HTTP/1.0 is faulty framing
         return Head(
             b"", b"", version, status, reason, headers,
             framing, length, keep_alive, upgrade, False, size,

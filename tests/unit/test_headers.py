@@ -5,7 +5,13 @@
 
 from __future__ import annotations
 
-from forkproxy.http.headers import HOP_BY_HOP, Headers, end_to_end, list_tokens, token_set
+from forkproxy.http.headers import (
+    HOP_BY_HOP,
+    Headers,
+    end_to_end,
+    list_tokens,
+    token_set,
+)
 
 ITEMS = [
     (b"Host", b"example.com"),

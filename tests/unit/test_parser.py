@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from forkproxy.errors import BadRequest, HeadTooLarge, HttpError, UriTooLong
 from forkproxy.http.parser import (
-    CHUNKED, CLOSE, LENGTH, NONE, Head, RequestParser, ResponseParser,
+    CHUNKED,
+    CLOSE,
+    LENGTH,
+    NONE,
+    Head,
+    RequestParser,
+    ResponseParser,
 )
 from forkproxy.http.writer import request_head, response_head
 
@@ -184,7 +190,7 @@ def test_eof_inside_a_head() -> None:
 
 def test_bytearray_and_memoryview_input() -> None:
     assert RequestParser().feed(bytearray(GET)) is not None
-    assert RequestParser().feed(memoryview(GET)) is not None  # type: ignore[arg-type]
+    assert RequestParser().feed(memoryview(GET)) is not None
 
 
 # --- request line and target ---------------------------------------------------------
@@ -334,9 +340,9 @@ def test_head_too_large() -> None:
     p = RequestParser(max_head=100)
     with pytest.raises(HeadTooLarge):
         p.feed(raw[:100])
-    p = ResponseParser(max_head=100)
+    rp = ResponseParser(max_head=100)
     with pytest.raises(HeadTooLarge):
-        p.feed(b"HTTP/1.1 200 OK\r\nA: " + b"x" * 200)
+        rp.feed(b"HTTP/1.1 200 OK\r\nA: " + b"x" * 200)
 
 
 def test_too_many_fields() -> None:
@@ -543,6 +549,8 @@ def test_rejected_status_lines(line: bytes) -> None:
         (b"GET", b"HTTP/1.0 200 OK", b"Connection: keep-alive\r\nContent-Length: 1\r\n",
          LENGTH, 1, True),
         (b"GET", b"HTTP/1.1 200 OK", b"Content-Length: 2, 2\r\n", LENGTH, 2, True),
+        (b"GET", b"HTTP/1.0 200 OK", b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n",
+         CHUNKED, 0, False),
     ],
 )
 def test_response_framing(
@@ -584,6 +592,11 @@ def test_interim_responses_then_final() -> None:
         if head.status >= 200:
             break
     assert statuses == [100, 103, 200] and data == b"hi"
+    # Without take_rest(), feed(b"") parses the held bytes as the next head.
+    p.start(b"POST")
+    assert p.feed(raw) is not None
+    second = p.feed(b"")
+    assert second is not None and second.status == 103
     p.start(b"GET")
     assert p.feed(b"HTTP/1.1 204 No Content\r\n\r\n") is not None
 

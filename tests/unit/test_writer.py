@@ -9,7 +9,11 @@ import pytest
 
 from forkproxy.http.parser import LENGTH, RequestParser, ResponseParser
 from forkproxy.http.writer import (
-    ERROR_STATUSES, error_response, reason, request_head, response_head,
+    ERROR_STATUSES,
+    error_response,
+    reason,
+    request_head,
+    response_head,
 )
 
 
