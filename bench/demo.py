@@ -99,7 +99,8 @@ def _in_use(addr: tuple[str, int]) -> bool:
 def _spawn(argv: list[str], **kw: Any) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, env=env, process_group=0, preexec_fn=_die_with_parent, **kw)
+                            text=True, bufsize=1, env=env, process_group=0,
+                            preexec_fn=_die_with_parent, **kw)  # noqa: PLW1509 - no thread runs yet
 
 
 def _accepts(addr: tuple[str, int]) -> bool:

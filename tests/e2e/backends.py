@@ -22,8 +22,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal, Self
 
 TICK = 0.05
 RECV = 256 * 1024
@@ -556,7 +557,7 @@ class WsEchoServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> WsEchoServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -564,7 +565,7 @@ class WsEchoServer:
         self.server.shutdown()
         self._thread.join(5)
 
-    def __enter__(self) -> WsEchoServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -581,7 +582,7 @@ class WsEchoServer:
                 for message in ws:
                     self.messages.add()
                     ws.send(message)
-        except Exception:  # noqa: BLE001 - a closed connection ends the echo either way
+        except Exception:  # noqa: BLE001, S110 - a closed connection ends the echo either way
             pass
         finally:
             rcvd = getattr(ws.protocol, "close_rcvd", None)

@@ -11,18 +11,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from websockets.sync.client import connect as ws_connect
-
 from backends import RecordingBackend, Response, UpgradeBackend, WsEchoServer
+from websockets.sync.client import connect as ws_connect
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.backend import payload  # noqa: E402
+from bench.backend import payload
 
 
 def start_demo(*args: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -44,6 +43,10 @@ def demo() -> Iterator[int]:
     proc, port = start_demo()
     yield port
     stop(proc)
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 def raw(port: int, data: bytes, shut: bool = True, timeout: float = 5.0) -> bytes:
@@ -136,7 +139,7 @@ def test_demo_sleep_and_concurrency(demo: int) -> None:
 
 def test_demo_port_in_use(demo: int) -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.backend", "--listen", f"127.0.0.1:{demo}"],
-                          cwd=ROOT, capture_output=True, timeout=10)
+                          cwd=ROOT, capture_output=True, timeout=10, check=False)
     assert proc.returncode == 2 and b"already in use" in proc.stderr
 
 
@@ -223,14 +226,13 @@ def test_recording_raw_response_verbatim() -> None:
     garbage = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"
     with RecordingBackend(raw_response=garbage) as be:
         assert raw(be.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == garbage
-    with RecordingBackend(raw_response=garbage, raw_then="reset") as be:
-        with socket.create_connection(("127.0.0.1", be.port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            got = b""
-            with pytest.raises(ConnectionResetError):
-                while chunk := s.recv(1000):
-                    got += chunk
-            assert got in (garbage, b"")
+    with RecordingBackend(raw_response=garbage, raw_then="reset") as be, connect(be.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        with pytest.raises(ConnectionResetError):
+            while chunk := s.recv(1000):
+                got += chunk
+        assert got in (garbage, b"")
 
 
 def test_recording_reject_early_status() -> None:
@@ -258,13 +260,12 @@ def test_recording_throttles() -> None:
 
 
 def test_recording_reset_all() -> None:
-    with RecordingBackend(response_delay=5) as be:
-        with socket.create_connection(("127.0.0.1", be.port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert be.wait_requests(1)
-            be.reset_all()
-            with pytest.raises(ConnectionResetError):
-                s.recv(1000)
+    with RecordingBackend(response_delay=5) as be, connect(be.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert be.wait_requests(1)
+        be.reset_all()
+        with pytest.raises(ConnectionResetError):
+            s.recv(1000)
 
 
 # --- WsEchoServer and UpgradeBackend ---------------------------------------------------
@@ -327,23 +328,21 @@ def test_upgrade_reset_and_unasked_101() -> None:
             with pytest.raises(ConnectionResetError):
                 read_until_eof(s)
         assert be.tunnels[0].done.wait(2) and be.tunnels[0].ended == "reset"
-    with UpgradeBackend(always_101=True) as be:
-        with socket.create_connection(("127.0.0.1", be.port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert s.recv(1000).startswith(b"HTTP/1.1 101 ")
+    with UpgradeBackend(always_101=True) as be, connect(be.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(1000).startswith(b"HTTP/1.1 101 ")
 
 
 def test_upgrade_reset_all_while_idle() -> None:
-    with UpgradeBackend() as be:
-        with socket.create_connection(("127.0.0.1", be.port), timeout=5) as s:
-            s.sendall(upgrade_request())
-            s.recv(1000)
-            deadline = time.monotonic() + 2
-            while not be.tunnels and time.monotonic() < deadline:
-                time.sleep(0.01)
-            threading.Timer(0.1, be.reset_all).start()
-            with pytest.raises(ConnectionResetError):
-                read_until_eof(s)
+    with UpgradeBackend() as be, connect(be.port) as s:
+        s.sendall(upgrade_request())
+        s.recv(1000)
+        deadline = time.monotonic() + 2
+        while not be.tunnels and time.monotonic() < deadline:
+            time.sleep(0.01)
+        threading.Timer(0.1, be.reset_all).start()
+        with pytest.raises(ConnectionResetError):
+            read_until_eof(s)
 
 
 # --- make run (bench.demo) -------------------------------------------------------------
@@ -381,11 +380,11 @@ def test_demo_make_run(tmp_path: Path) -> None:
         assert resp.status == 200 and f"127.0.0.1:{app_port}".encode() in body
         # the port is taken now: a second demo says so and exits 2
         second = subprocess.run([sys.executable, "-m", "bench.demo", "-c", str(config)], cwd=ROOT,
-                                capture_output=True, text=True, timeout=20)
+                                capture_output=True, text=True, timeout=20, check=False)
         assert second.returncode == 2 and "already in use" in second.stderr
         demo.send_signal(2)  # SIGINT, as Ctrl-C
         assert demo.wait(15) == 0
-        gone, alive = psutil.wait_procs(children, timeout=5)
+        _, alive = psutil.wait_procs(children, timeout=5)
         assert not alive
     finally:
         if demo.poll() is None:
