@@ -34,6 +34,7 @@ from .netio import set_nodelay
 from .pipes import PipePool, splice_supported
 from .routes import Router
 from .scoreboard import DRAINING, EXITING, READY
+from .tunnel import Tunnel
 from .upstream import UpstreamPools
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class Worker:
         self.signals: list[int] = []
         self.stopping = False
         self.drain_started = 0.0
-        self.final_window: float | None = None
+        self.final_window = False
         self.ppid = os.getppid()
         self.accepting = False
         self.cap = m.worker_connections
@@ -120,7 +121,7 @@ class Worker:
             elif sig == signal.SIGUSR1:
                 logs.reopen_logs()
             elif sig == signal.SIGUSR2 and self.ctx.draining:
-                self._start_final_window(self.ctx.loop.now)
+                self._start_final_window()
 
     # -- accepting ---------------------------------------------------------------
 
@@ -190,7 +191,6 @@ class Worker:
             return
         if ctx.draining:
             self._publish(DRAINING)
-            self._drain_step()
         else:
             self._publish(READY)
             if not self.accepting and len(ctx.live) < self.cap:
@@ -220,24 +220,23 @@ class Worker:
             c.drain()
         self._publish(DRAINING)
         m = ctx.config.master
-        window_start = self.drain_started + max(0.0, m.shutdown_timeout - m.close_spread)
-        ctx.loop.call_later(window_start - ctx.loop.now, lambda: self._start_final_window(window_start))
+        ctx.loop.call_later(m.shutdown_timeout - m.close_spread, self._start_final_window)
+        ctx.loop.call_later(m.shutdown_timeout, lambda: self.stop("shutdown_timeout"))
 
-    def _start_final_window(self, start: float) -> None:
-        """Close what is still open at random moments within close_spread from `start`."""
-        if self.final_window is not None and self.final_window <= start:
+    def _start_final_window(self) -> None:
+        """Close the tunnels still open at random moments within the next close_spread.
+
+        HTTP exchanges in flight are not cut here: they finish, or meet shutdown_timeout.
+        SIGUSR2 (too many draining generations) starts this window early."""
+        if self.final_window:
             return
+        self.final_window = True
         ctx = self.ctx
         spread = ctx.config.master.close_spread
-        self.final_window = start
         for c in list(ctx.live):
-            ctx.loop.call_later(max(0.0, start - ctx.loop.now) + random.uniform(0, spread),
-                                lambda c=c: c.shutdown("shutdown") if c in ctx.live else None)
-        ctx.loop.call_later(max(0.0, start - ctx.loop.now) + spread + 0.1, lambda: self.stop("shutdown_timeout"))
-
-    def _drain_step(self) -> None:
-        if not self.ctx.live:
-            self.stop("drained")
+            if isinstance(c, Tunnel):
+                ctx.loop.call_later(random.uniform(0, spread),
+                                    lambda c=c: c.shutdown("shutdown") if c in ctx.live else None)
 
     def stop(self, why: str) -> None:
         if self.stopping:
