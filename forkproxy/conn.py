@@ -258,6 +258,8 @@ class ClientConnection:
             raise NotFound(f"no location matches {path[:200]!r}")
         self.route = route
         loc = route.location
+        if not loc.keepalive_timeout:
+            self.keep_alive = False  # keepalive_timeout 0 disables client keep-alive, as in nginx
         if loc.client_max_body_size and head.framing == LENGTH and head.length > loc.client_max_body_size:
             raise BodyTooLarge(f"body of {head.length} bytes exceeds client_max_body_size {loc.client_max_body_size}")
 

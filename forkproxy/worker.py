@@ -87,7 +87,7 @@ class Worker:
         self.last_rebalance = loop.now
         router = self.ctx.router
         # the server that answers on each listener before Host is known (its timeouts and limits)
-        self.servers = {id(li): router.server_for(li.address, None) for li in self.listeners}
+        self.servers = {id(li): router.default_server(li.address) for li in self.listeners}
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.tick_timer = Timer(self._tick)
 

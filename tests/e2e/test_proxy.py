@@ -393,3 +393,11 @@ def test_http_client_library_roundtrip(make_proxy, backend):
         resp = conn.getresponse()
         assert resp.status == 200 and resp.read() == b"ok\n"
     conn.close()
+
+
+def test_keepalive_timeout_zero_disables_client_keepalive(make_proxy, backend):
+    proxy = make_proxy(config(backend.port, server='keepalive_timeout = "0"'))
+    with Conn(proxy.port) as c:
+        r = c.request("GET", "/")
+        assert r.status == 200 and r.header("connection") == "close"
+        assert c.closed_by_peer() == "eof"
