@@ -160,7 +160,9 @@ class Generations:
             self._fail(self.starting, "the master is stopping")
         if fast:
             deadline = time.monotonic() + FAST_STOP_GRACE
-            for gen in [g for g in (self.active,) if g is not None] + self.draining:
+            if self.active is not None:
+                self.draining.append(self.active)
+            for gen in self.draining:
                 gen.state = "draining"
             self.active = None
             self.sup.retire(list(self.sup.workers.values()), signal.SIGTERM, deadline)

@@ -30,7 +30,13 @@ from .control import ControlServer, Reply
 from .errors import ConfigError, ForkproxyError
 from .generations import Generations
 from .listenset import ListenerSet
-from .scoreboard import MASTER_IDLE, MASTER_RUNNING, MASTER_STOPPING, Scoreboard
+from .scoreboard import (
+    DEFAULT_SLOTS,
+    MASTER_IDLE,
+    MASTER_RUNNING,
+    MASTER_STOPPING,
+    Scoreboard,
+)
 from .sdnotify import Notifier
 from .supervise import KILL_MARGIN, Supervisor
 
@@ -73,7 +79,8 @@ class Master:
         m = config.master
         self._pidfile_base = m.pidfile  # a reload never moves it (a restart or upgrade does)
         self.pidfile = m.pidfile
-        self.board = Scoreboard.create(pidfile.scoreboard_path(m.pidfile))
+        slots = max(DEFAULT_SLOTS, 8 * m.workers)  # room for draining generations and TTIN
+        self.board = Scoreboard.create(pidfile.scoreboard_path(m.pidfile), slots)
         self.control: ControlServer | None = None
         self.sup = Supervisor(self.board, self._private_fds, self.listeners.all,
                               [s for s, _, _ in SIGNALS])
@@ -108,18 +115,21 @@ class Master:
             log.error("cannot start: %s", e.strerror if e.strerror and not e.filename else e)
             self._cleanup()
             return 1
+        code = 0
         try:
             self._loop()
+        except Exception:
+            log.exception("master failed; its workers exit with it (PR_SET_PDEATHSIG)")
+            code = 1
         finally:
             self._cleanup()
         log.info("master exits")
-        return 0
+        return code
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum, _, _ in SIGNALS:
             signal.signal(signum, self._record)
-        signal.siginterrupt(signal.SIGCHLD, False)
 
     def _record(self, signum: int, frame: object) -> None:
         self._pending.append(signum)

@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -143,7 +144,7 @@ class Scoreboard:
     def reserve(self, generation: int, index: int) -> int:
         """Take a free slot for a worker about to be forked; raises if the board is full."""
         if not self._free:
-            raise RuntimeError(f"scoreboard {self.path} is full ({self.nslots} slots)")
+            raise OSError(errno.ENOSPC, f"scoreboard {self.path} is full ({self.nslots} slots)")
         number = self._free.pop()
         _SLOT.pack_into(self._map, _HEADER_SIZE + number * _SLOT_SIZE, -1, generation, index, STARTING,
                         0, 0, 0, time.monotonic(), time.time())

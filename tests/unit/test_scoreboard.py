@@ -48,7 +48,7 @@ def test_full_board_and_header(tmp_path: Path) -> None:
     board = sb.Scoreboard.create(str(tmp_path / "board"), nslots=1)
     board.set_master(generation=5, state=sb.MASTER_IDLE)
     board.reserve(1, 0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OSError, match="full"):
         board.reserve(1, 1)
     m = sb.Scoreboard.open(board.path).master()
     assert (m.pid, m.generation, m.state_name) == (os.getpid(), 5, "idle")
