@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from .context import WorkerContext
     from .http.parser import Head
     from .netio import Listener
-    from .routes import Route
     from .upstream import UpstreamConn
 
 log = logging.getLogger("forkproxy")
@@ -329,7 +328,7 @@ class ClientConnection:
             try:
                 up = pools.connect(route.upstream, self.attempt)  # type: ignore[union-attr]
             except OSError as e:
-                raise BadGateway(f"upstream {route.upstream.name}: {e}")  # type: ignore[union-attr]
+                raise BadGateway(f"upstream {route.upstream.name}: {e}") from e  # type: ignore[union-attr]
             loop.add(up.fd, OUT, self._on_upstream)
             self.connecting = True
         self.up = up
@@ -406,13 +405,12 @@ class ClientConnection:
         rparser = self.rparser
         try:
             head = rparser.feed(data)  # type: ignore[union-attr]
+            while head is not None and head.status < 200 and head.status != 101:
+                if self.head.version == 11:  # type: ignore[union-attr]
+                    self._send_client(interim_head(head))
+                head = rparser.feed(b"")  # type: ignore[union-attr]  # the next head, if its bytes are here
         except HttpError as e:
-            raise BadGateway(f"bad response from {self.up.addr_text}: {e}")  # type: ignore[union-attr]
-        while head is not None and head.status < 200 and head.status != 101:
-            if self.head.version == 11:  # type: ignore[union-attr]
-                self._send_client(interim_head(head))
-            rest = rparser.take_rest()  # type: ignore[union-attr]
-            head = rparser.feed(rest) if rest else None  # type: ignore[union-attr]
+            raise BadGateway(f"bad response from {self.up.addr_text}: {e}") from e  # type: ignore[union-attr]
         if head is None:
             return
         if head.status == 101:
@@ -627,8 +625,11 @@ class ClientConnection:
         self.status = status
         self.state = EXCHANGE
         self.c_out = None
+        out = error_response(status)
+        if head is not None and head.method == b"HEAD":
+            out = out[: out.index(b"\r\n\r\n") + 4]
         try:
-            self._send_client(error_response(status))
+            self._send_client(out)
         except _SEND_ERRORS:
             self._close()
             return

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import select
 import time
-from typing import Callable
+from collections.abc import Callable
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT

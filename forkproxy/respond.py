@@ -8,7 +8,8 @@ as RFC 6455 requires.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .http.headers import end_to_end
 from .http.parser import CHUNKED, Head

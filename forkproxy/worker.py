@@ -24,7 +24,8 @@ import logging
 import os
 import random
 import signal
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from . import log as logs
 from .conn import ClientConnection
