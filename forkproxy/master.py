@@ -109,8 +109,7 @@ class Master:
             pidfile.write(self.pidfile, self.pid)
             self._install_signals()
             self.gens.start_first(self.config)
-            self._title()
-            self.board.set_master(generation=self.gens.newest_number, state=MASTER_RUNNING)
+            self._publish()
         except OSError as e:
             log.error("cannot start: %s", e.strerror if e.strerror and not e.filename else e)
             self._cleanup()
@@ -155,9 +154,14 @@ class Master:
             fds.append(self._ready_fd)
         return fds
 
-    def _title(self) -> None:
+    def _publish(self) -> None:
+        """Title and scoreboard header: the generation serving (or last started) and state."""
+        active = self.gens.active
+        number = active.number if active is not None else self.gens.newest_number
         old = " (old)" if self._oldbin else ""
-        osutil.set_title(f"forkproxy: master{old} gen {self.gens.newest_number} -c {self.config_path}")
+        osutil.set_title(f"forkproxy: master{old} gen {number} -c {self.config_path}")
+        state = {"running": MASTER_RUNNING, "idle": MASTER_IDLE}.get(self.state, MASTER_STOPPING)
+        self.board.set_master(generation=number, state=state)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -206,6 +210,7 @@ class Master:
             if active.number != self._notified or (self._reloading and self.gens.starting is None):
                 self._notified, self._reloading = active.number, False
                 self.notify.ready(f"generation {active.number} serving")
+                self._publish()
         if self.gens.starting is None and self._reload_queue and self.state in ("running", "idle"):
             queue, self._reload_queue = self._reload_queue, []
             self._reload(queue)
@@ -266,8 +271,7 @@ class Master:
         self.gens.begin_reload(config, answer if replies else None)
         if self.state == "idle" and self.gens.starting is not None:
             self.state = "running"
-            self.board.set_master(generation=self.gens.newest_number, state=MASTER_RUNNING)
-        self._title()
+            self._publish()
 
     def _apply_master_settings(self, config: Any) -> None:
         old, new = self.config.master, config.master
@@ -286,7 +290,7 @@ class Master:
         log.info("graceful stop: workers finish what they serve, then exit")
         self.notify.stopping()
         self.state = "quitting"
-        self.board.set_master(generation=self.gens.newest_number, state=MASTER_STOPPING)
+        self._publish()
         self.gens.stop(fast=False)
         _say(reply, True, f"quitting: {len(self.sup.workers)} workers draining")
 
@@ -297,7 +301,7 @@ class Master:
         log.info("fast stop")
         self.notify.stopping()
         self.state = "stopping"
-        self.board.set_master(generation=self.gens.newest_number, state=MASTER_STOPPING)
+        self._publish()
         self.gens.stop(fast=True)
         _say(reply, True, f"stopping: {len(self.sup.workers)} workers")
 
@@ -325,7 +329,7 @@ class Master:
             return
         self.gens.drain(self.gens.active, "WINCH")
         self.state = "idle"
-        self.board.set_master(generation=self.gens.newest_number, state=MASTER_IDLE)
+        self._publish()
 
     def handle_ttin(self, reply: Reply | None) -> None:
         gen = self.gens.active
@@ -372,7 +376,7 @@ class Master:
             path = self.control.path
             self.control.rename(path + suffix if to_oldbin else path[:-len(suffix)])
         self._oldbin = to_oldbin
-        self._title()
+        self._publish()
         if not to_oldbin:
             self.notify.ready(f"generation {self.gens.newest_number} serving")  # MAINPID back to us
         return None
