@@ -56,7 +56,7 @@ def _cell(vals: list[float]) -> str:
     if not vals:
         return "—"
     s = Summary.of(vals)
-    if s.n == 1:
+    if s.n == 1 or s.low == s.high:
         return fmt(s.median)
     return f"{fmt(s.median)} ({fmt(s.low)}–{fmt(s.high)})"
 

@@ -199,6 +199,14 @@ def dead_linger(proxy: Proxy, count: int, cap: float) -> float:
 
 
 def sweep(args: argparse.Namespace) -> int:
+    model, rows, why_no_dead = run_sweep(args)
+    if model is None:
+        return 1
+    return _sweep_report(args, model, rows, why_no_dead)
+
+
+def run_sweep(args: argparse.Namespace) -> tuple[tunetraffic.GapModel | None, list[dict[str, Any]], str | None]:
+    """One row per swept value (see the module doc); (None, [], why) when there is no traffic."""
     raise_nofile()
     values = [_dur(v) for v in args.timeouts.split(",") if v.strip()]
     if args.replay:
@@ -206,7 +214,7 @@ def sweep(args: argparse.Namespace) -> int:
         model = tunetraffic.GapModel("replay", values=tuple(s.max_idle for s in parsed.sessions))
         if not model.values:
             print(f"no sessions in {args.replay}", file=sys.stderr)
-            return 1
+            return None, [], None
     else:
         model = tunetraffic.parse_model(args.gaps)
     plays = tunetraffic.scripts(model, args.sessions, args.gaps_per_session, args.seed)
@@ -261,7 +269,7 @@ def sweep(args: argparse.Namespace) -> int:
                 f"{row['tunnels_mean']:.1f}, dead peers linger {fmt(row['dead_linger'])}s")
     finally:
         services.stop_all()
-    return _sweep_report(args, model, rows, why_no_dead)
+    return model, rows, why_no_dead
 
 
 def _sweep_report(args: argparse.Namespace, model: tunetraffic.GapModel, rows: list[dict[str, Any]],
