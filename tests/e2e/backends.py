@@ -9,9 +9,10 @@ accepted) and `.bytes_received` (every byte read from any connection), both `Cou
   WsEchoServer       a `websockets` (sync) echo server that records handshakes and closes
   UpgradeBackend     answers Upgrade with 101, then a raw byte echo with half-close, or a
                      server-closes-first mode; can reset its tunnels on demand
+  unused_port()      a port with nothing behind it (a dead upstream)
 
-Connection threads poll their sockets every TICK seconds, so `stop()` and `reset_all()`
-act promptly even on a thread blocked in a send.
+`stop()` and `reset_all()` wake a thread blocked in a receive at once (shutdown(SHUT_RD)); a
+thread blocked in a send notices within TICK. An idle connection costs no CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
-TICK = 0.05
+TICK = 0.25
+NAP = 0.02  # granularity of sleeps (response_delay, throttles)
 RECV = 256 * 1024
 MAX_HEAD = 64 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -57,6 +59,13 @@ class Counter:
         return f"Counter({self._value})"
 
 
+def unused_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on (bound, then released): connecting to it is refused."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 class _Abort(Exception):
     """The server is stopping or this connection was asked to reset."""
 
@@ -73,28 +82,38 @@ class _Conn:
         self.sock = sock
         self.index = index
         self.reset_requested = False
-        sock.settimeout(TICK)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _check(self) -> None:
         if self.reset_requested or self.server.stopping:
             raise _Abort
 
+    def wake(self) -> None:
+        """Make a blocked recv return now (nothing is sent to the peer)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
     def recv(self, n: int = RECV, deadline: float | None = None) -> bytes:
         """Up to n bytes, b"" on EOF; _Idle past the deadline (time.monotonic())."""
         while True:
             self._check()
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                raise _Idle
+            self.sock.settimeout(wait)  # blocking: wake() interrupts it
             try:
                 data = self.sock.recv(n)
             except TimeoutError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise _Idle from None
                 continue
+            self._check()  # an empty read may be our own wake()
             self.server.bytes_received.add(len(data))
             return data
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
+        self.sock.settimeout(TICK)
         while view:
             self._check()
             try:
@@ -107,7 +126,7 @@ class _Conn:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             self._check()
-            time.sleep(min(left, TICK))
+            time.sleep(min(left, NAP))
 
     def shutdown_write(self) -> None:
         try:
@@ -176,15 +195,19 @@ class _Server:
         except OSError:
             pass
         self.listener.close()
+        with self._lock:
+            for conn in self.live:
+                conn.wake()
         for thread in [self._accepter, *self._threads]:
             if thread.is_alive():
                 thread.join(timeout)
 
     def reset_all(self) -> None:
-        """Reset (RST) every open connection within TICK."""
+        """Reset (RST) every open connection: at once, or within TICK if it is sending."""
         with self._lock:
             for conn in self.live:
                 conn.reset_requested = True
+                conn.wake()
 
     @property
     def open_connections(self) -> int:
@@ -204,6 +227,8 @@ class _Server:
             conn = _Conn(self, sock, self.connections.value)
             with self._lock:
                 self.live.add(conn)
+            if self.stopping:
+                conn.wake()
             thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -425,7 +450,7 @@ class RecordingBackend(_Server):
                     raise _Abort
                 if self.raw_then == "hold":
                     while not self.stopping:
-                        conn.sleep(TICK)
+                        conn.sleep(NAP * 10)
                     return
                 conn.linger_close()
                 return
