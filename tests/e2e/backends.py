@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from websockets.sync.server import serve
+
 TICK = 0.25
 NAP = 0.02  # granularity of sleeps (response_delay, throttles)
 RECV = 256 * 1024
@@ -563,8 +565,6 @@ class WsEchoServer:
 
     def __init__(self, handler: Callable[[Any], None] | None = None, *, max_size: int | None = None,
                  compression: str | None = None, host: str = "127.0.0.1", **serve_kwargs: Any) -> None:
-        from websockets.sync.server import serve
-
         self.connections = Counter()
         self.messages = Counter()
         self.handshakes: list[list[tuple[str, str]]] = []
@@ -607,7 +607,7 @@ class WsEchoServer:
                 for message in ws:
                     self.messages.add()
                     ws.send(message)
-        except Exception:  # noqa: BLE001, S110 - a closed connection ends the echo either way
+        except Exception:  # a closed connection ends the echo either way
             pass
         finally:
             rcvd = getattr(ws.protocol, "close_rcvd", None)

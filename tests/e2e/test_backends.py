@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from backends import RecordingBackend, Response, UpgradeBackend, WsEchoServer
 from websockets.sync.client import connect as ws_connect
@@ -21,7 +22,7 @@ from websockets.sync.client import connect as ws_connect
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.backend import payload
+from bench.backend import payload  # noqa: E402  (the repo root is not always on sys.path)
 
 
 def start_demo(*args: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -355,8 +356,6 @@ def free_port() -> int:
 
 def test_demo_make_run(tmp_path: Path) -> None:
     """The default config on free ports: banner, a request through the proxy, Ctrl-C stops all."""
-    import psutil
-
     proxy_port, app_port = free_port(), free_port()
     text = (ROOT / "forkproxy.toml").read_text()
     text = text.replace("127.0.0.1:8000", f"127.0.0.1:{proxy_port}").replace("127.0.0.1:8080", f"127.0.0.1:{app_port}")
