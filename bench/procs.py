@@ -68,6 +68,9 @@ def raise_nofile(want: int = 65536) -> int:
 
 
 def which(name: str) -> str | None:
+    """The program's path, or None; FORKPROXY_BENCH_HIDE=nginx,wrk hides tools (to try the fallbacks)."""
+    if name in os.environ.get("FORKPROXY_BENCH_HIDE", "").split(","):
+        return None
     return shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
 
