@@ -80,6 +80,11 @@ class Client:
         return self.read_to_eof()
 
 
+def send_and_fin(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+
+
 @pytest.fixture
 def run(make_proxy: Callable[..., Proxy], tmp_path: Path) -> Iterator[Callable[..., tuple[Proxy, UpgradeBackend]]]:
     backends: list[UpgradeBackend] = []
@@ -126,7 +131,7 @@ def test_client_fin_first_everything_sent_after_it_arrives(run: Any) -> None:
     c = Client(p.port)
     assert c.upgrade("/ws/").startswith(b"HTTP/1.1 101")
     data = os.urandom(8 * MiB)
-    sender = threading.Thread(target=lambda: (c.sock.sendall(data), c.sock.shutdown(socket.SHUT_WR)))
+    sender = threading.Thread(target=send_and_fin, args=(c.sock, data))
     sender.start()
     assert c.read_to_eof() == data
     sender.join(10)

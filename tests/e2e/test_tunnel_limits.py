@@ -276,9 +276,9 @@ def test_resets_mid_transfer_then_fresh_tunnels_carry_only_their_bytes(
     assert all(r["end"] == "upstream" and r["reset"] for r in recs), recs
     fresh = [open_tunnel(p.port, "/ws/echo") for _ in range(6)]
     payloads = [os.urandom(3 * MiB + i) for i in range(6)]
-    for s, data in zip(fresh, payloads):
-        threading.Thread(target=lambda s=s, d=data: (s.sendall(d), s.shutdown(socket.SHUT_WR)), daemon=True).start()
-    for s, data in zip(fresh, payloads):
+    for s, data in zip(fresh, payloads, strict=True):
+        threading.Thread(target=send_and_fin, args=(s, data), daemon=True).start()
+    for s, data in zip(fresh, payloads, strict=True):
         got = bytearray()
         while chunk := s.recv(MiB):
             got += chunk
@@ -290,6 +290,11 @@ def test_resets_mid_transfer_then_fresh_tunnels_carry_only_their_bytes(
     else:
         assert all(r["spliced_up"] == r["spliced_down"] == 0 for r in recs)
     assert pipe_fds(worker.pid) <= before + 2 * 2  # the idle cap, in fds
+
+
+def send_and_fin(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
 
 
 def _push_until_error(s: socket.socket) -> None:
