@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -125,8 +126,13 @@ def test_a_burst_of_hups_ends_with_one_serving_generation(proxy: Proxy) -> None:
     for _ in range(5):
         proxy.send_signal(signal.SIGHUP)
         time.sleep(0.02)
-    wait_until(lambda: len(proxy.workers()) == 2 and not proxy.worker_pids(draining=True),
-               15, "one generation left")
+    def settled() -> bool:
+        log = proxy.log()
+        return (log.count("reloading ") == log.count("reload: starting generation")
+                and log.count("reload: starting generation") == len(re.findall(r"generation \d+ ready", log)) - 1
+                and len(proxy.workers()) == 2 and not proxy.worker_pids(draining=True))
+    wait_until(settled, 15, "the reloads to settle with one generation left")
+    assert 2 <= proxy.log().count("reloading ") <= 5  # coalesced: never more reloads than HUPs
     assert len(proxy.worker_pids(draining=False)) == 2
     assert http_get(proxy.port)[0] == 502
 
