@@ -70,10 +70,11 @@ def start_nginx(name: str, template: Path, work: Path, values: dict[str, str], s
         try:
             wait_port(port, 10.0, svc.proc)
             return svc, port, conf
-        except RuntimeError:
+        except RuntimeError as e:
             svc.stop()
             if attempt == 4:
-                raise RuntimeError(f"nginx {name} did not start: {(prefix / 'error.log').read_text(errors='replace')[-2000:]}")
+                why = (prefix / "error.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"nginx {name} did not start: {why}") from e
     raise AssertionError("unreachable")
 
 

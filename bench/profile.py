@@ -19,7 +19,6 @@ import argparse
 import os
 import pstats
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 from . import wsload
 from .contenders import _port_from_log, forkproxy_config
 from .httpload import _Conn, _complete
-from .procs import HOST, Service, Services, log, python_env, which
+from .procs import Service, Services, log, python_env, which
 from .workers import parallel
 
 CLIENTS = 4

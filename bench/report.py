@@ -74,7 +74,8 @@ def markdown(rec: dict[str, Any]) -> str:
     who = rec["contenders"]
     lines = [f"Layout: **{rec['layout']}**, {rec['rounds']} round(s) per scenario, contenders alternating; "
              f"cells are median (min–max) over rounds; ratios are medians of per-round ratios. "
-             f"⚠ = inconclusive (generators+backends near the cores they had).", ""]
+             f"⚠ = inconclusive (generators+backends used >= 90% of the cores they had: "
+             f"{'the CPUs not given to the proxies' if rec['layout'] == 'pinned' else 'the cores neither the proxy nor other processes used'}).", ""]
     head = ["scenario", "metric", *who]
     pairs = [(a, b) for a, b in (("forkproxy", "nginx"), ("forkproxy", "direct"), ("nginx", "direct"))
              if a in who and b in who]
@@ -101,8 +102,9 @@ def markdown(rec: dict[str, Any]) -> str:
 
 
 def cost_table(rec: dict[str, Any]) -> str:
-    lines = ["| scenario | contender | proxy CPU-s per unit | proxy cores used | generators+backends cores used | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| scenario | contender | proxy CPU-s per unit | proxy cores used | generators+backends cores used | "
+             "other processes' cores | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for name, sc in rec["scenarios"].items():
         if sc.get("skipped") or not sc.get("per"):
             continue
@@ -113,11 +115,12 @@ def cost_table(rec: dict[str, Any]) -> str:
             per = [r["cpu"]["proxy"] / r["work"] for r in rs if r.get("work")]
             pcores = [r["cpu"]["proxy"] / r["cpu"]["wall"] for r in rs if r["cpu"]["wall"]]
             gcores = [(r["cpu"]["generators"] + r["cpu"]["backends"]) / r["cpu"]["wall"] for r in rs if r["cpu"]["wall"]]
+            ocores = [r["cpu"]["other"] / r["cpu"]["wall"] for r in rs if r["cpu"]["wall"] and "other" in r["cpu"]]
             unit = {"request": "per request", "GB": "per GB", "message": "per message"}[sc["per"]]
             per_txt = "—" if c == "direct" else f"{fmt(median(per))} {unit}" if per else "—"
             verdict = "ceiling" if c == "direct" else ("inconclusive" if inconclusive(rec, name, c) else "ok")
             lines.append(f"| {sc['title']} | {c} | {per_txt} | {fmt(median(pcores)) if c != 'direct' else '—'} | "
-                         f"{fmt(median(gcores))} | {verdict} |")
+                         f"{fmt(median(gcores))} | {fmt(median(ocores)) if ocores else '—'} | {verdict} |")
     return "\n".join(lines)
 
 

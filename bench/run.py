@@ -29,6 +29,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from . import report
 from .contenders import Backends, Contender, Direct, Forkproxy, Nginx, nginx_version
 from .procs import Services, children_cpu, log, raise_nofile, which
@@ -89,6 +91,7 @@ def layout_cpus(layout: str) -> tuple[list[int] | None, list[int] | None, str]:
 
 def measure(ctx: Ctx, sc: Scenario, c: Contender, backends: Backends, rnd: int) -> dict[str, Any]:
     p0, b0, g0, t0 = c.cpu(), backends.cpu(), children_cpu(), time.monotonic()
+    m0 = machine_busy()
     size0 = _size(c)
     rec: dict[str, Any] = {"round": rnd, "contender": c.name}
     try:
@@ -100,20 +103,29 @@ def measure(ctx: Ctx, sc: Scenario, c: Contender, backends: Backends, rnd: int) 
         return rec
     wall = time.monotonic() - t0
     cpu = {"proxy": c.cpu() - p0, "backends": backends.cpu() - b0, "generators": children_cpu() - g0, "wall": wall}
+    cpu["other"] = max(0.0, machine_busy() - m0 - cpu["proxy"] - cpu["backends"] - cpu["generators"])
     rec.update(metrics=m.metrics, work=m.work, extra=m.extra, errors=m.errors, cpu=cpu)
     share = splice_share(getattr(c, "tunnel_log", None), size0)
     if share is not None and sc.name.startswith("ws_"):
         rec["extra"]["splice_share"] = share
     used = (cpu["generators"] + cpu["backends"]) / wall
     proxy_used = cpu["proxy"] / wall
-    have = len(ctx.gen_cpus) if ctx.gen_cpus else (os.cpu_count() or 1) - proxy_used
+    other_used = cpu["other"] / wall
+    have = len(ctx.gen_cpus) if ctx.gen_cpus else (os.cpu_count() or 1) - proxy_used - other_used
     rec["inconclusive"] = bool(c.is_proxy and sc.per and used >= SATURATED * have)
     if m.errors:
         rec["error"] = f"{m.errors} errors reported by the generators"
     shown = ", ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
-    log(f"  {sc.name} round {rnd} {c.name}: {shown}; cores: proxy {proxy_used:.2f}, gen+backends {used:.2f}"
+    log(f"  {sc.name} round {rnd} {c.name}: {shown}; cores: proxy {proxy_used:.2f}, gen+backends {used:.2f}, "
+        f"other {other_used:.2f}"
         + (" (inconclusive)" if rec["inconclusive"] else "") + (f"; {m.errors} errors" if m.errors else ""))
     return rec
+
+
+def machine_busy() -> float:
+    """CPU-seconds the whole machine spent busy (every process, ours and others')."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0))
 
 
 def _size(c: Contender) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import httpload, wsload
 from .contenders import BIG_PATH, SMALL_PATH, UPLOAD_PATH, Contender
-from .procs import HOST, connections_per_process, fd_count, log, pss_bytes, which
+from .procs import HOST, connections_per_process, fd_count, pss_bytes, which
 from .stats import percentile
 from .workers import parallel, spawn
 

@@ -33,7 +33,7 @@ from typing import Any
 from forkproxy.units import parse_duration
 
 from . import dropper, tunelog, tunetraffic
-from .contenders import _port_from_log, forkproxy_config
+from .contenders import _port_from_log
 from .procs import HOST, Service, Services, connections_per_process, fd_count, log, pss_bytes, raise_nofile
 from .stats import fmt
 from .workers import parallel
@@ -257,7 +257,7 @@ def run_sweep(args: argparse.Namespace) -> tuple[tunetraffic.GapModel | None, li
                 "tunnels_max": max((s[0] for s in samples), default=0),
                 "fds_max": max((s[1] for s in samples), default=0) - base[1],
                 "pss_max_mib": (max((s[2] for s in samples), default=0) - base[2]) / 2**20,
-                "errors": errors, "dead_linger": math.nan}
+                "errors": errors, "dead_linger": math.nan, "tunnel_log": str(proxy.dir / "tunnel.log")}
             proxy.stop()
             if not why_no_dead and value <= args.dead_max:
                 log(f"timeout {value:g}s: {args.dead_peers} dead peers at scale 1")
@@ -286,6 +286,8 @@ def _sweep_report(args: argparse.Namespace, model: tunetraffic.GapModel, rows: l
               f"{fmt(r['dead_linger']) if not math.isnan(r['dead_linger']) else '—'} |")
     if why_no_dead:
         print(f"\ndead peers not measured: {why_no_dead}")
+    print("\ntunnel logs (times in them are scaled by 1/scale): " + ", ".join(
+        f"{tunelog.fmt_duration(r['timeout'])} {r['tunnel_log']}" for r in rows))
     ok = [r for r in rows if r["cut"] <= args.target]
     chosen = min((r["timeout"] for r in ok), default=None)
     print()

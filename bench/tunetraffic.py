@@ -197,7 +197,7 @@ def drive(port: int, path: str, plays: Sequence[Sequence[float]], scale: float, 
                 data = b""
             if not data:
                 finish(i, True)
-    for fd, (i, s, t0) in list(live.items()):
+    for i, s, t0 in list(live.values()):
         s.close()
         out[i] = Outcome(False, (time.monotonic() - t0) * scale, "deadline")
     ep.close()

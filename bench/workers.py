@@ -41,7 +41,7 @@ def parallel(calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], timeou
         procs.append((p, parent))
     deadline = time.monotonic() + timeout
     out: list[Any] = []
-    for p, conn in procs:
+    for _p, conn in procs:
         left = max(0.0, deadline - time.monotonic())
         if conn.poll(left):
             try:
