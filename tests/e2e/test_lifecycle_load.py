@@ -303,3 +303,44 @@ def test_recycling_replaces_workers_gracefully(make_proxy, backend: Backend, lim
     assert failures == [], failures[:10]
     assert "recycling worker" in p.log()
     assert "respawning" not in p.log()
+
+
+def test_status_counts_the_connections_and_tunnels_the_test_opened(  # type: ignore[no-untyped-def]
+        make_proxy, backend: Backend) -> None:
+    p: Proxy = make_proxy(BODY.format(port=backend.port))
+    p.wait_workers(2)
+    url = f"ws://127.0.0.1:{p.port}/ws/echo"
+
+    def totals() -> tuple[int, int]:
+        r = p.cli("status", "--json")
+        assert r.returncode == 0, r.stderr
+        ws = json.loads(r.stdout)["masters"][0]["workers"]
+        return sum(w["connections"] for w in ws), sum(w["tunnels"] for w in ws)
+
+    with contextlib.ExitStack() as stack:
+        tunnels = [stack.enter_context(ws_connect(url, open_timeout=10)) for _ in range(3)]
+        plain = [stack.enter_context(socket.create_connection(("127.0.0.1", p.port))) for _ in range(2)]
+        for ws in tunnels:
+            ws.send("x")
+            assert ws.recv(timeout=5) == "x"
+        conns, tuns = wait_until(lambda: (t := totals())[1] == 3 and t, 10, "3 tunnels in status")
+        assert conns >= len(plain)
+        assert p.cli("status").stdout.count(" worker ") == 2
+    wait_until(lambda: totals() == (0, 0), 10, "status to count nothing after the test closed all")
+
+
+def test_usr1_reopens_the_access_log_in_every_worker(make_proxy, backend: Backend) -> None:  # type: ignore[no-untyped-def]
+    p: Proxy = make_proxy(BODY.format(port=backend.port), master={"access_log": "access.log"})
+    p.wait_workers(2)
+    log = p.dir / "access.log"
+    with Conn(p.port) as c:
+        assert c.request("GET", "/size/1").status == 200
+    wait_until(lambda: log.exists() and "/size/1 " in log.read_text(), 10, "the first access record")
+    log.rename(p.dir / "access.log.1")
+    p.send_signal(signal.SIGUSR1)
+    wait_until(log.exists, 10, "a new access log")
+    for _ in range(10):  # fresh connections: both workers are likely to serve some
+        with Conn(p.port) as c:
+            assert c.request("GET", "/size/2").status == 200
+    wait_until(lambda: log.read_text().count("/size/2 ") == 10, 10, "every new record in the new file")
+    assert "/size/2 " not in (p.dir / "access.log.1").read_text()
