@@ -1,7 +1,8 @@
 """Forking a worker, and what the child does before the worker's code runs (layer 5).
 
 Invariants (DESIGN.md, fork safety):
-- Logs are flushed and the heap frozen (`gc.freeze`) before fork; every signal is blocked
+- Logs are flushed and the heap frozen (`gc.freeze`) before fork (the master unfreezes its
+  own right after, so its garbage is still collected); every signal is blocked
   across fork. The parent restores its mask at once; the child leaves signals blocked,
   resets the master's handlers and wakeup fd, and `worker.run` installs its own handlers
   before it unblocks them. SIGCHLD is never set to SIG_IGN.
@@ -63,6 +64,7 @@ def fork(child: Callable[[], int]) -> int:
         pid = os.fork()
     except BaseException:
         restore(mask)
+        gc.unfreeze()
         raise
     if pid == 0:
         code = EXIT_SETUP_FAILED
@@ -79,6 +81,7 @@ def fork(child: Callable[[], int]) -> int:
             finally:
                 os._exit(code)
     restore(mask)
+    gc.unfreeze()  # only the child keeps the inherited heap out of its collections
     return pid
 
 

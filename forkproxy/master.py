@@ -98,6 +98,7 @@ class Master:
     # -- startup and shutdown -----------------------------------------------------------
 
     def run(self) -> int:
+        self._install_signals()  # a signal during startup is acted on by the first loop turn
         try:
             self.listeners.adopt_from_env(os.environ)
             m = self.config.master
@@ -107,7 +108,6 @@ class Master:
             self.control = ControlServer(pidfile.control_path(m.pidfile, m.control_socket),
                                          self.sel, self._on_verb)
             pidfile.write(self.pidfile, self.pid)
-            self._install_signals()
             self.gens.start_first(self.config)
             self._publish()
         except OSError as e:
