@@ -11,6 +11,7 @@ group survives and `kill_all()` (the fixture finaliser) SIGKILLs the whole group
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import os
 import re
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -87,6 +89,11 @@ def title(pid: int) -> str:
         return ""
 
 
+def _take_tty() -> None:
+    """In the child after setsid: make stdin (a pty) the controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Proxy:
     def __init__(self, tmp: Path, body: str = DEFAULT_BODY, *, workers: int = 2,
                  master: dict[str, Any] | None = None, env: dict[str, str] | None = None,
@@ -106,6 +113,7 @@ class Proxy:
         self.env = env
         self.wrapper = wrapper or []  # a command that execs its arguments (same pid)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pty_master = -1
         self.pgid = 0
         self.ports: list[int] = []
         self.write_config()
@@ -127,14 +135,20 @@ class Proxy:
 
     # -- start and stop --------------------------------------------------------------
 
-    def start(self, timeout: float = START_TIMEOUT) -> Proxy:
+    def start(self, timeout: float = START_TIMEOUT, terminal: bool = False) -> Proxy:
+        """Start the master in a new session; `terminal` gives it a pty as controlling
+        terminal with its group in the foreground (as when run from a shell)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        stdin: int = subprocess.DEVNULL
+        if terminal:
+            self.pty_master, stdin = os.openpty()
         with open(self.stdio_log, "ab") as out:
             cmd = [*self.wrapper, sys.executable, "-m", "forkproxy", "-c", str(self.config_path)]
-            self.proc = subprocess.Popen(cmd,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                         cwd=self.dir, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=out, cwd=self.dir, env=env,
+                                         start_new_session=True, preexec_fn=_take_tty if terminal else None)
+        if terminal:
+            os.close(stdin)
         self.pgid = self.proc.pid
         self.wait_log(_READY, timeout, "the first generation to be ready")
         self.ports = [int(m.group(2)) for m in _LISTEN.finditer(self.log())]
@@ -161,7 +175,7 @@ class Proxy:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill_all()
-            raise AssertionError(f"master did not exit within {timeout:g}s of {signal.Signals(sig).name}")
+            raise AssertionError(f"master did not exit within {timeout:g}s of {signal.Signals(sig).name}") from None
         wait_until(lambda: not group_members(self.pgid), 5.0, "every process of the group to exit")
         return code
 
@@ -177,6 +191,9 @@ class Proxy:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+        if self.pty_master >= 0:
+            os.close(self.pty_master)
+            self.pty_master = -1
 
     def __enter__(self) -> Self:
         if self.proc is None:

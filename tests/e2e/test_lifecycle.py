@@ -186,3 +186,17 @@ def test_rlimit_nofile_beyond_the_hard_limit_is_raised_or_reported(make_proxy) -
         soft, hard = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
         # root with CAP_SYS_RESOURCE raises the hard limit too; without it, the most it may
         assert soft >= 2000 * 3 or (soft == hard == 4096 and "below the 6128" in p.log()), (soft, hard)
+
+
+def test_winch_is_ignored_in_the_foreground_of_a_terminal(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    p = make_proxy(start=False)
+    p.start(terminal=True)
+    workers = p.wait_workers(2)
+    p.send_signal(signal.SIGWINCH)  # what a terminal resize sends
+    os.killpg(p.pgid, signal.SIGWINCH)  # ... to the whole foreground group
+    p.wait_log("WINCH ignored")
+    time.sleep(0.5)
+    assert pids_alive(workers) == workers
+    os.killpg(p.pgid, signal.SIGINT)  # Ctrl-C: the master stops, workers follow it only
+    assert p.stop(signal.SIGINT) == 0
+    assert "fast stop" in p.log()
