@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (  # tests/e2e is on sys.path (rootdir-relative imports)
-    DEFAULT_BODY,
-    Proxy,
-)
+
+# The e2e helpers (harness, client, backends) import as top-level modules whatever
+# pytest's import mode; the repository root makes `bench` importable too.
+for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[2]):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from harness import DEFAULT_BODY, Proxy  # noqa: E402
 
 ProxyFactory = Callable[..., Proxy]
 
