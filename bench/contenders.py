@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -25,6 +26,11 @@ from .procs import HOST, REPO, Service, Services, free_port, python_env, tree_cp
 BENCH = Path(__file__).resolve().parent
 _LISTEN = re.compile(r"listening on \[?[0-9a-fA-F.:]+?\]?:(\d+)")
 SMALL_PATH, BIG_PATH, UPLOAD_PATH = "/small", "/1m", "/upload"
+
+
+def nofile() -> int:
+    """The fd limit both proxies get: what this process could raise its own to (65536 at most)."""
+    return min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
 def _port_from_log(svc: Service, timeout: float = 15.0) -> int:
@@ -49,7 +55,7 @@ def _nginx_prefix(work: Path, name: str) -> Path:
 
 def _render(template: Path, prefix: Path, values: dict[str, str]) -> Path:
     text = template.read_text()
-    for key, value in dict(values, PREFIX=str(prefix)).items():
+    for key, value in dict(values, PREFIX=str(prefix), NOFILE=str(nofile())).items():
         text = text.replace(f"@{key}@", value)
     out = prefix / "nginx.conf"
     out.write_text(text)
@@ -148,7 +154,7 @@ FORKPROXY_CONFIG = """\
 [master]
 workers = {workers}
 worker_connections = 10240
-worker_rlimit_nofile = 65536
+worker_rlimit_nofile = {nofile}
 shutdown_timeout = "10s"
 pidfile = "{dir}/forkproxy.pid"
 error_log = "stderr"
@@ -189,7 +195,8 @@ proxy_pass = "http://http_backend"
 
 
 def forkproxy_config(dirpath: Path, workers: int, http_port: int, raw_port: int, extra_master: str = "") -> Path:
-    text = FORKPROXY_CONFIG.format(workers=workers, dir=dirpath, http=f"{HOST}:{http_port}", raw=f"{HOST}:{raw_port}")
+    text = FORKPROXY_CONFIG.format(workers=workers, dir=dirpath, http=f"{HOST}:{http_port}", raw=f"{HOST}:{raw_port}",
+                                   nofile=nofile())
     if extra_master:
         text = text.replace("[map.connection_upgrade]", extra_master.rstrip() + "\n\n[map.connection_upgrade]")
     path = dirpath / "forkproxy.toml"

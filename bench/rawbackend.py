@@ -28,6 +28,7 @@ import select
 import signal
 import socket
 import sys
+import traceback
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SCRATCH = 1 << 20
@@ -189,6 +190,9 @@ def serve(lsock: socket.socket) -> None:
                         flush(fd, c)
             except (ConnectionError, OSError):
                 close(fd)
+            except Exception:  # a bug here must show, and cost one connection, not the process
+                traceback.print_exc()
+                close(fd)
 
 
 def _read(c: Conn, view: memoryview) -> bool:
@@ -248,10 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         if pid == 0:
             _die_with_parent()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 0
             try:
                 serve(lsock)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
             finally:
-                os._exit(0)
+                sys.stderr.flush()
+                os._exit(code)
         kids.append(pid)
     h, p = lsock.getsockname()[:2]
     print(f"listening on {h}:{p}", file=sys.stderr, flush=True)
