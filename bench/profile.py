@@ -128,8 +128,11 @@ def _report(title: str, unit: str, n: int, stats: pstats.Stats | None, sys_n: in
     lines = [f"## {title}", ""]
     if stats is not None:
         total = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
+        own = sum(v[1] for k, v in stats.stats.items() if k[0] != "~")  # type: ignore[attr-defined]
         lines.append(f"Python function calls per {unit}: {total / n:.1f} ({total} calls / {n})"
-                     + (f"; per message: {total / n / per_extra:.1f}" if per_extra != 1 else ""))
+                     + (f"; per message: {total / n / per_extra:.1f}" if per_extra != 1 else "")
+                     + f"; of which functions written in Python: {own / n:.1f}, built-ins and C methods: "
+                     f"{(total - own) / n:.1f}")
         lines += ["", f"| calls per {unit} | function |", "|---|---|"]
         rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])[:top]  # type: ignore[attr-defined]
         for (file, line, func), v in rows:

@@ -88,13 +88,14 @@ def offline(args: argparse.Namespace) -> int:
             ends[s.end] = ends.get(s.end, 0) + 1
         print("ends: " + ", ".join(f"{k} {v}" for k, v in sorted(ends.items())))
         print("longest idle gap per session (Kaplan–Meier): " +
-              ", ".join(f"{k} {fmt(v)}s" for k, v in r.percentiles.items()))
+              ", ".join(f"{k} {fmt(v)}s" if not math.isnan(v) else f"{k} beyond the log"
+                        for k, v in r.percentiles.items()))
         print("\n| timeout | sessions cut | from |\n|---|---|---|")
         for t, share, kind in r.cut_table:
             if math.isnan(share):
                 continue
             print(f"| {tunelog.fmt_duration(t)} | {share:.2%} | {'Kaplan–Meier' if kind == 'km' else 'extrapolated tail'} |")
-            if share == 0.0 or (r.timeout is not None and t > 4 * r.timeout):
+            if share < args.target / 10 or (r.timeout is not None and t > 4 * r.timeout):
                 break
         print(f"\nrecommended tunnel_timeout: {tunelog.fmt_duration(r.timeout) if r.timeout else 'none'} ({r.basis})")
         for line in r.reasoning:
