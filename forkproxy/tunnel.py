@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .context import SCRATCH_SIZE as _SCRATCH
 from .loop import ERR, IN, OUT, Timer
 from .netio import abort
 
@@ -97,7 +98,7 @@ class _Flow:
         self.spliced = 0
         self.copied = 0
         self.blocked_at = 0.0
-        self.rbit = IN
+        self.rbit = 0  # IN once _sync has registered the reader
         self.wbit = 0
 
 
@@ -268,7 +269,7 @@ class Tunnel:
                 if n >= SPLICE_AT and pool is not None:
                     f.splice = True
                     f.small = 0
-                if n < len(view):
+                if n < _SCRATCH:
                     break
             pipe = f.pipe
             if pipe is not None and not f.inpipe:
@@ -279,10 +280,12 @@ class Tunnel:
             if gap > self._max_idle:
                 self._max_idle = gap
             self._last = now
-        if f.eof and not f.inpipe and f.pending is None:
+        if f.inpipe or f.pending is not None:
+            self._sync(f)  # the writer pushed back: stop reading, watch for EPOLLOUT
+        elif f.eof:
             self._flow_done(f)
-            return
-        self._sync(f)
+        elif f.wbit or not f.rbit:
+            self._sync(f)  # back from a push-back; otherwise the masks are already right
 
     def _flush(self, f: _Flow) -> bool:
         """Write what the flow has in flight; True once nothing is left."""
