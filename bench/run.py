@@ -105,9 +105,11 @@ def measure(ctx: Ctx, sc: Scenario, c: Contender, backends: Backends, rnd: int) 
     cpu = {"proxy": c.cpu() - p0, "backends": backends.cpu() - b0, "generators": children_cpu() - g0, "wall": wall}
     cpu["other"] = max(0.0, machine_busy() - m0 - cpu["proxy"] - cpu["backends"] - cpu["generators"])
     rec.update(metrics=m.metrics, work=m.work, extra=m.extra, errors=m.errors, cpu=cpu)
-    share = splice_share(getattr(c, "tunnel_log", None), size0)
-    if share is not None and sc.name.startswith("ws_"):
-        rec["extra"]["splice_share"] = share
+    if sc.name.startswith("ws_") and getattr(c, "tunnel_log", None):
+        time.sleep(0.7)  # tunnel records are flushed on the worker's next tick (0.5 s)
+        share = splice_share(getattr(c, "tunnel_log", None), size0)
+        if share is not None:
+            rec["extra"]["splice_share"] = share
     used = (cpu["generators"] + cpu["backends"]) / wall
     proxy_used = cpu["proxy"] / wall
     other_used = cpu["other"] / wall
