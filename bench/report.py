@@ -182,8 +182,12 @@ def charts(rec: dict[str, Any], path: Path) -> Path | None:
             lo.append(s.median - s.low)
             hi.append(s.high - s.median)
         ax.bar(names, meds, yerr=[lo, hi], capsize=4, color=[colours.get(x, "#777") for x in names])
-        ax.set_title(f"{sc['title']}\n{m['label']} ({m['unit']}, {'higher' if m['higher'] else 'lower'} is better)",
-                     fontsize=8)
+        positive = [v for v in meds if v > 0]
+        if positive and max(positive) / min(positive) > 100:
+            ax.set_yscale("log")  # latencies a thousand times apart: keep the small bars visible
+        unit = m["unit"] if m["unit"] == m["label"] else f"{m['label']}, {m['unit']}"
+        ax.set_title(f"{sc['title']}\n{unit} ({'higher' if m['higher'] else 'lower'} is better"
+                     f"{', log scale' if ax.get_yscale() == 'log' else ''})", fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
@@ -195,9 +199,11 @@ def charts(rec: dict[str, Any], path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m bench report RUN.json", file=sys.stderr)
+    if not args or args[0].startswith("-"):
+        print("usage: python -m bench report RUN.json [CHART.png]", file=sys.stderr)
         return 2
     rec = json.loads(Path(args[0]).read_text())
     print(markdown(rec))
+    if len(args) > 1:
+        print(f"chart: {charts(rec, Path(args[1]))}")
     return 0
