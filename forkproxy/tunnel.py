@@ -23,6 +23,8 @@ Invariants:
 - One Timer per tunnel. Traffic only stores `loop.now` in `_last`; the timer fires at the
   earliest deadline it knows, recomputes the true one (idle, fin, send stall) and either
   acts or re-arms itself. Earlier deadlines (a first FIN, a writer pushing back) arm it.
+  Idle means nothing moved and nothing waits: while bytes wait for a writer, only that
+  writer's send timeout applies.
 - An `_End` is registered in the loop while it has a mask or can still report a reset;
   once its write side is shut and nothing is wanted from it, it is removed (a fully shut
   socket would report EPOLLHUP forever).
@@ -325,8 +327,6 @@ class Tunnel:
     def _flow_done(self, f: _Flow) -> None:
         """A reader's EOF with nothing left in flight: FIN its writer."""
         f.done = True
-        f.rbit = 0
-        f.wbit = 0
         dst = f.dst
         try:
             dst.sock.shutdown(socket.SHUT_WR)
@@ -358,8 +358,12 @@ class Tunnel:
                 timer = self._timer
                 if timer.deadline is None or deadline < timer.deadline:
                     self._loop.arm(timer, deadline)
-        else:
-            f.wbit = 0
+        elif f.wbit:
+            f.wbit = 0  # nothing waits any more: the idle deadline may be the earliest again
+            deadline = self._last + self._idle
+            timer = self._timer
+            if timer.deadline is None or deadline < timer.deadline:
+                self._loop.arm(timer, deadline)
         o = f.other
         mask = f.rbit | o.wbit
         if mask != f.src.mask:
@@ -384,24 +388,34 @@ class Tunnel:
     # -- timeouts ----------------------------------------------------------------
 
     def _on_timer(self) -> None:
-        now = self._loop.now
-        nxt = self._last + self._idle
-        if nxt <= now:
-            self._finish("timeout", reset=False)
+        """Idle (nothing moved, nothing waiting), fin and send-stall deadlines, in one timer.
+
+        While bytes wait for a writer, the tunnel is not idle: that writer's send timeout
+        decides (nginx would let proxy_read_timeout cut a slow reader short)."""
+        if self._closed:
             return
+        now = self._loop.now
+        nxt = float("inf")
+        waiting = False
+        for f in (self._up, self._down):
+            if f.inpipe or f.pending is not None:
+                waiting = True
+                deadline = f.blocked_at + f.dst.send_timeout
+                if deadline <= now:
+                    self._finish("timeout", reset=False)
+                    return
+                nxt = min(nxt, deadline)
+        if not waiting:
+            nxt = self._last + self._idle
+            if nxt <= now:
+                self._finish("timeout", reset=False)
+                return
         if self._fin_at is not None:
             deadline = self._fin_at + self._fin_timeout
             if deadline <= now:
                 self._finish("fin_timeout", reset=False)
                 return
             nxt = min(nxt, deadline)
-        for f in (self._up, self._down):
-            if f.inpipe or f.pending is not None:
-                deadline = f.blocked_at + f.dst.send_timeout
-                if deadline <= now:
-                    self._finish("timeout", reset=False)
-                    return
-                nxt = min(nxt, deadline)
         self._loop.arm(self._timer, nxt)
 
     # -- the end -----------------------------------------------------------------

@@ -318,6 +318,61 @@ class TunnelSuite:
         sender.join(10)
         assert got == [(hashes[0], size)]
 
+    def test_a_slow_reader_that_drains_keeps_it_alive(self, env: Env) -> None:
+        r = env.rig(idle_timeout=0.4, proxy_send_timeout=5.0)
+        r.upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        size = 24 * MiB
+        sender, hashes = _thread(_send_then_fin(r.client, size, 5))
+        h, got, t0 = hashlib.sha256(), 0, time.monotonic()
+        while time.monotonic() - t0 < 1.6:  # 4x the idle timeout, draining slowly
+            env.loop.run_once(0.05)
+            if _peek(r.upstream, 1):
+                chunk = r.upstream.recv(256 * 1024)
+                h.update(chunk)
+                got += len(chunk)
+        assert not r.tunnel.closed and got < size
+        rest = _thread(_hash_until_eof(r.upstream))
+        r.upstream.shutdown(socket.SHUT_WR)
+        env.spin(lambda: r.tunnel.closed, 30)
+        rest[0].join(10)
+        sender.join(10)
+        assert got + rest[1][0][1] == size
+
+    def test_idle_timeout_after_a_stall_is_counted_from_the_last_byte(self, env: Env) -> None:
+        r = env.rig(idle_timeout=0.3)
+        size = 16 * MiB
+        sender, _ = _thread(_send_then_fin(r.client, size, 9))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.8:  # the upstream reads nothing: a stall, not idleness
+            env.loop.run_once(0.01)
+        assert not r.tunnel.closed
+        reader, got = _thread(lambda: _recv_exact(r.upstream, size))
+        env.spin(lambda: not reader.is_alive(), 20)
+        last = time.monotonic()
+        env.spin(lambda: r.tunnel.closed, 5)
+        assert time.monotonic() - last < 1.0
+        (rec,) = env.records()
+        assert rec["end"] == "timeout" and rec["bytes_up"] == size and len(got[0]) == size
+
+    def test_a_reset_while_paused_propagates(self, env: Env) -> None:
+        r = env.rig()
+        r.client.settimeout(0.05)
+        try:  # the upstream reads nothing: fill everything until the client is pushed back
+            for _ in range(2000):
+                r.client.send(b"p" * 65536)
+                env.loop.run_once(0)
+        except TimeoutError:
+            pass
+        env.loop.run_once(0.01)
+        assert env.loop.mask(r.tunnel._client.fd) & IN == 0
+        _rst(r.client)
+        env.spin(lambda: r.tunnel.closed, 2)
+        (rec,) = env.records()
+        assert rec["end"] == "client" and rec["reset"] is True
+        with pytest.raises(ConnectionResetError):
+            while r.upstream.recv(MiB):
+                pass
+
     def test_shutdown_is_a_fin_both_ways(self, env: Env) -> None:
         r = env.rig()
         r.client.sendall(b"ping")
@@ -412,6 +467,26 @@ def test_a_tiny_pool_falls_back_to_copy(tmp_path: Path) -> None:
             rd.join(10)
             assert got[0] == (sent[0], 16 * MiB)
         assert env.pool.alive <= 1
+    finally:
+        env.close()
+
+
+def test_bulk_switches_to_splice_and_small_messages_back_to_copy(tmp_path: Path) -> None:
+    env = Env(tmp_path, cap=8)
+    try:
+        r = env.rig()
+        f = r.tunnel._up
+        reader, _ = _thread(lambda: _recv_exact(r.upstream, 32 * MiB))
+        sender, _ = _thread(lambda: r.client.sendall(b"b" * (32 * MiB)))
+        env.spin(lambda: not reader.is_alive(), 30)
+        assert f.splice and f.spliced > 30 * MiB
+        copied = f.copied
+        for _ in range(tunnel_mod.COPY_AFTER + 3):
+            r.client.sendall(b"s" * 100)
+            env.spin(lambda: _peek(r.upstream, 100) != b"")
+            r.upstream.recv(100)
+        assert not f.splice and f.copied > copied  # back on the copy path
+        assert r.tunnel.holds_pipes() == 0
     finally:
         env.close()
 
