@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 _FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MOVE", 1)
 _HUP = 0x10  # EPOLLHUP
+_NO_SPLICE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
 _RESETS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT,
                      errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOTCONN))
 
@@ -85,8 +86,9 @@ class _Flow:
 
     __slots__ = ("src", "dst", "other", "pipe", "inpipe", "pending", "eof", "done",
                  "splice", "small", "spliced", "copied", "blocked_at", "rbit", "wbit")
+    # small: splice reads below COPY_BELOW in a row; -1 once this flow cannot splice at all
 
-    def __init__(self, src: _End, dst: _End, splice: bool) -> None:
+    def __init__(self, src: _End, dst: _End) -> None:
         self.src = src
         self.dst = dst
         self.other: _Flow = self
@@ -95,7 +97,7 @@ class _Flow:
         self.pending: memoryview | None = None
         self.eof = False
         self.done = False
-        self.splice = splice
+        self.splice = False  # copy first (see SPLICE_AT)
         self.small = 0
         self.spliced = 0
         self.copied = 0
@@ -121,8 +123,8 @@ class Tunnel:
         self._pool: PipePool | None = pool if pool is not None and pool.cap > 0 else None
         self._client = c = _End(client, "client", send_timeout, self._on_client)
         self._upstream = u = _End(upstream, "upstream", proxy_send_timeout, self._on_upstream)
-        self._up = up = _Flow(c, u, False)
-        self._down = down = _Flow(u, c, False)
+        self._up = up = _Flow(c, u)
+        self._down = down = _Flow(u, c)
         up.other = down
         down.other = up
         self.location = location
@@ -215,6 +217,10 @@ class Tunnel:
                         except BlockingIOError:
                             break
                         except OSError as e:
+                            if e.errno in _NO_SPLICE:  # this socket cannot splice: copy for good
+                                f.splice = False
+                                f.small = -1
+                                continue
                             self._fail(f.src, e.errno)
                             return
                         if not n:
@@ -268,7 +274,7 @@ class Tunnel:
                     f.pending = memoryview(bytes(view[m:n]))
                     f.blocked_at = now
                     break
-                if n >= SPLICE_AT and pool is not None:
+                if n >= SPLICE_AT and pool is not None and f.small >= 0:
                     f.splice = True
                     f.small = 0
                 if n < _SCRATCH:
@@ -467,28 +473,17 @@ class Tunnel:
         ctx.live.discard(self)
         ctx.stats.tunnels -= 1
         now = loop.now
-        tail = now - self._last
         log = ctx.tunnel_log
         if log is not None:
             log.write_json({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "location": self.location,
-                "client": self.client_addr,
-                "upstream": self.upstream_addr,
-                "protocol": self.protocol,
-                "start": round(self._wall, 3),
-                "duration": round(now - self._started, 3),
-                "bytes_up": up.spliced + up.copied,
-                "bytes_down": down.spliced + down.copied,
-                "spliced_up": up.spliced,
-                "spliced_down": down.spliced,
-                "copied_up": up.copied,
-                "copied_down": down.copied,
-                "max_idle": round(max(self._max_idle, tail), 3),
-                "end": reason,
-                "reset": reset,
-                "error": error,
-            })
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "location": self.location,
+                "client": self.client_addr, "upstream": self.upstream_addr, "protocol": self.protocol,
+                "start": round(self._wall, 3), "duration": round(now - self._started, 3),
+                "bytes_up": up.spliced + up.copied, "bytes_down": down.spliced + down.copied,
+                "spliced_up": up.spliced, "spliced_down": down.spliced,
+                "copied_up": up.copied, "copied_down": down.copied,
+                "max_idle": round(max(self._max_idle, now - self._last), 3),
+                "end": reason, "reset": reset, "error": error})
 
     def _close(self, end: _End, reset: bool) -> None:
         sock = end.sock
