@@ -416,7 +416,8 @@ class TunnelSuite:
                 assert any(r.tunnel._up.inpipe for r in rigs)
             for r in rigs:
                 _rst(r.upstream)
-            env.spin(lambda: all(r.tunnel.closed for r in rigs), 10)
+            tunnels = [r.tunnel for r in rigs]
+            env.spin(lambda: all(t.closed for t in tunnels), 10)  # noqa: B023 - used at once
             for th, _ in senders:
                 th.join(10)
             assert env.pool.alive == env.pool.idle <= env.pool.idle_cap
