@@ -138,6 +138,11 @@ def _report(title: str, unit: str, n: int, stats: pstats.Stats | None, sys_n: in
         for (file, line, func), v in rows:
             where = f"{Path(file).name}:{line}" if line else file
             lines.append(f"| {v[1] / n:.2f} | {func} ({where}) |")
+        lines += ["", f"| calls per {unit} | function written in Python | own time share |", "|---|---|---|"]
+        own_rows = [kv for kv in stats.stats.items() if kv[0][0] != "~"]  # type: ignore[attr-defined]
+        tt = sum(v[2] for v in stats.stats.values()) or 1.0  # type: ignore[attr-defined]
+        for (file, line, func), v in sorted(own_rows, key=lambda kv: -kv[1][1])[:top]:
+            lines.append(f"| {v[1] / n:.2f} | {func} ({Path(file).name}:{line}) | {v[2] / tt:.1%} |")
     if syscalls is not None:
         total = sum(syscalls.values())
         lines += ["", f"Syscalls per {unit}: {total / sys_n:.2f} ({total} / {sys_n})"
