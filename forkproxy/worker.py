@@ -5,8 +5,9 @@ Invariants:
   installs its own handlers and wakeup fd first, then unblocks. Handlers only record
   the signal; the loop acts on it at the next iteration.
 - Listeners are watched with EPOLLEXCLUSIVE (one or a few workers woken per
-  connection, no thundering herd), and re-registered from time to time so the kernel
-  does not keep favouring the worker that registered first. Pausing accept means
+  connection, no thundering herd), and re-registered after each accept batch: the
+  kernel wakes the first idle waiter in the listener's queue, and re-adding moves this
+  worker to the back, so long-lived connections spread instead of piling onto one. Pausing accept means
   remove + add (EPOLL_CTL_MOD cannot carry EPOLLEXCLUSIVE).
 - Accept in batches; on EMFILE/ENFILE, or at `worker_connections`, stop accepting
   and retry on a later tick.
@@ -47,7 +48,6 @@ log = logging.getLogger("forkproxy")
 
 TICK = 0.5                 # heartbeat, log flush, parent check
 ACCEPT_BATCH = 64
-REBALANCE_EVERY = 2.0      # seconds between listener re-registrations
 EMFILE_BACKOFF = 0.5
 _ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -62,8 +62,7 @@ def _set_title(text: str) -> None:
 
 class Worker:
     __slots__ = ("ctx", "listeners", "slot", "signals", "stopping", "drain_started", "final_window",
-                 "ppid", "accepting", "tick_timer", "wake_r", "wake_w", "servers", "title", "cap",
-                 "last_rebalance")
+                 "ppid", "accepting", "tick_timer", "wake_r", "wake_w", "servers", "title", "cap")
 
     def __init__(self, config: Config, listeners: Sequence[Listener], index: int, generation: int,
                  slot: Slot) -> None:
@@ -85,7 +84,6 @@ class Worker:
         self.accepting = False
         self.cap = m.worker_connections
         self.title = f"forkproxy: worker {index} gen {generation}"
-        self.last_rebalance = loop.now
         router = self.ctx.router
         # the server that answers on each listener before Host is known (its timeouts and limits)
         self.servers = {id(li): router.default_server(li.address) for li in self.listeners}
@@ -148,30 +146,44 @@ class Worker:
         ctx = self.ctx
         live = ctx.live
 
+        fd = lsock.fileno()
+        loop = ctx.loop
+        rotate = ctx.config.master.workers > 1
+
         def on_accept(events: int) -> None:
-            for _ in range(ACCEPT_BATCH):
-                if len(live) >= self.cap:
-                    self._pause_accept()
-                    return
-                try:
-                    sock, addr = lsock.accept()
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as e:
-                    if e.errno in _ACCEPT_PAUSE:
-                        log.error("accept: %s; pausing accept for %.1fs", e, EMFILE_BACKOFF)
+            accepted = 0
+            try:
+                for _ in range(ACCEPT_BATCH):
+                    if len(live) >= self.cap:
                         self._pause_accept()
-                        ctx.loop.call_later(EMFILE_BACKOFF, self._resume_accept)
-                    elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
-                        log.error("accept: %s", e)
-                    return
-                sock.setblocking(False)
-                set_nodelay(sock)
-                try:
-                    ClientConnection(ctx, sock, addr, li, server)
-                except OSError as e:  # the client vanished between accept and registration
-                    log.info("accepted connection failed at once: %s", e)
-                    sock.close()
+                        return
+                    try:
+                        sock, addr = lsock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        return
+                    except OSError as e:
+                        if e.errno in _ACCEPT_PAUSE:
+                            log.error("accept: %s; pausing accept for %.1fs", e, EMFILE_BACKOFF)
+                            self._pause_accept()
+                            loop.call_later(EMFILE_BACKOFF, self._resume_accept)
+                        elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                            log.error("accept: %s", e)
+                        return
+                    accepted += 1
+                    sock.setblocking(False)
+                    set_nodelay(sock)
+                    try:
+                        ClientConnection(ctx, sock, addr, li, server)
+                    except OSError as e:  # the client vanished between accept and registration
+                        log.info("accepted connection failed at once: %s", e)
+                        sock.close()
+            finally:
+                if accepted and rotate and loop.watching(fd):
+                    # EPOLLEXCLUSIVE wakes the first idle waiter in the listener's queue;
+                    # re-adding moves this worker to the back, so the next connection goes
+                    # to another worker (long-lived tunnels do not pile onto one)
+                    loop.remove(fd)
+                    loop.add(fd, IN | EXCLUSIVE, on_accept)
 
         return on_accept
 
@@ -195,11 +207,6 @@ class Worker:
         else:
             self._publish(READY)
             if not self.accepting and len(ctx.live) < self.cap:
-                self._resume_accept()
-            elif self.accepting and len(self.listeners) and loop.now - self.last_rebalance >= REBALANCE_EVERY:
-                # move this worker to the back of each listener's wake-up order
-                self.last_rebalance = loop.now
-                self._pause_accept()
                 self._resume_accept()
         if not self.stopping:
             loop.arm(self.tick_timer, loop.now + TICK)

@@ -401,3 +401,24 @@ def test_keepalive_timeout_zero_disables_client_keepalive(make_proxy, backend):
         r = c.request("GET", "/")
         assert r.status == 200 and r.header("connection") == "close"
         assert c.closed_by_peer() == "eof"
+
+
+def test_long_lived_connections_spread_over_workers(make_proxy, backend):
+    proxy = make_proxy(config(backend.port), workers=2)
+    conns = []
+    try:
+        for _ in range(8):  # opened one after another, each idle-waiting ones kept open
+            c = Conn(proxy.port)
+            assert c.request().status == 200
+            conns.append(c)
+            time.sleep(0.05)
+
+        def per_worker() -> list[int]:
+            return sorted(len([k for k in p.net_connections("tcp") if k.laddr.port == proxy.port
+                               and k.status == "ESTABLISHED"]) for p in proxy.workers())
+
+        counts = per_worker()
+        assert sum(counts) == 8 and min(counts) >= 2, counts
+    finally:
+        for c in conns:
+            c.close()
