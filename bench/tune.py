@@ -276,7 +276,7 @@ def run_sweep(args: argparse.Namespace) -> tuple[tunetraffic.GapModel | None, li
 def _sweep_report(args: argparse.Namespace, model: tunetraffic.GapModel, rows: list[dict[str, Any]],
                   why_no_dead: str | None) -> int:
     print(f"# timeout sweep: {args.sessions} sessions, gaps {model.describe()}, "
-          f"{args.gaps_per_session if model.kind != 'replay' else 1} gaps each, ping "
+          f"{args.gaps_per_session if model.kind != 'replay' else 1} gap(s) each, ping "
           f"{args.ping or 'none'}, scale {args.scale:g}\n")
     print("| timeout | sessions cut | model says | tunnels held (mean / max) | fds held (max) | "
           "PSS growth (max, MiB) | dead peer lingers (s) |")
