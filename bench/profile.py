@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += _report(title, unit, done, stats, sys_done, calls, args.top, per)
     finally:
         services.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"# forkproxy profile: 1 worker, {CLIENTS} concurrent clients, backend bench.rawbackend\n")
     print("\n".join(lines))
     return 0

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -76,6 +77,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--idle-tunnels", type=int, default=None, help="default 5000, quick 500")
     ap.add_argument("--reloads", type=int, default=None, help="default 20, quick 5")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs) even when all went well")
     return ap.parse_args(argv)
 
 
@@ -215,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                         errored = True
     finally:
         services.stop_all()
+        if errored or args.keep:
+            log(f"logs of the proxies and backends kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     rec["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
