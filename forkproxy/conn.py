@@ -61,6 +61,14 @@ _SEND_ERRORS = (ConnectionError, OSError)
 HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
 
 
+def _send(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Bytes the kernel took; 0 when its buffer is full (the caller keeps the rest pending)."""
+    try:
+        return sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
 class ClientConnection:
     __slots__ = (
         "ctx", "sock", "fd", "listener", "server", "remote", "remote_port", "parser",
@@ -342,7 +350,7 @@ class ClientConnection:
             self._send_upstream(data)
 
     def _send_upstream(self, data: bytes | memoryview) -> None:
-        n = self.up.sock.send(data)  # type: ignore[union-attr]
+        n = _send(self.up.sock, data)  # type: ignore[union-attr]
         self.up_out = data[n:] if n < len(data) else None
 
     def _flush_upstream(self) -> None:
@@ -561,12 +569,12 @@ class ClientConnection:
         if not flush:
             self.c_out = bytes(data)
             return
-        n = self.sock.send(data)
+        n = _send(self.sock, data)
         self.c_out = data[n:] if n < len(data) else None
 
     def _flush_client(self) -> None:
         data = self.c_out
-        n = self.sock.send(data)  # type: ignore[arg-type]
+        n = _send(self.sock, data)  # type: ignore[arg-type]
         self.c_out = data[n:] if n < len(data) else None  # type: ignore[index,arg-type]
         if self.c_out is None:
             if self.state == EXCHANGE and self.resp_done:

@@ -46,7 +46,7 @@ class EventLoop:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._masks: dict[int, int] = {}
-        self._buckets: dict[int, list[Timer]] = {}
+        self._buckets: dict[int, set[Timer]] = {}
         self._tick = tick
         self.now = time.monotonic()
         self._last_tick = int(self.now / tick)
@@ -93,16 +93,26 @@ class EventLoop:
         if timer.bucket < 0 or bucket < timer.bucket:
             if bucket <= self._last_tick:
                 bucket = self._last_tick + 1
+            old = self._buckets.get(timer.bucket) if timer.bucket >= 0 else None
+            if old is not None:
+                old.discard(timer)
             timer.bucket = bucket
-            lst = self._buckets.get(bucket)
-            if lst is None:
-                self._buckets[bucket] = [timer]
+            group = self._buckets.get(bucket)
+            if group is None:
+                self._buckets[bucket] = {timer}
             else:
-                lst.append(timer)
+                group.add(timer)
 
-    @staticmethod
-    def disarm(timer: Timer) -> None:
+    def disarm(self, timer: Timer) -> None:
+        """Forget a timer; the wheel drops its reference so the owner can be freed at once."""
         timer.deadline = None
+        if timer.bucket >= 0:
+            group = self._buckets.get(timer.bucket)
+            if group is not None:
+                group.discard(timer)
+                if not group:
+                    del self._buckets[timer.bucket]
+            timer.bucket = -1
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         t = Timer(callback)
