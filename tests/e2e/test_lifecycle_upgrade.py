@@ -89,4 +89,5 @@ def test_upgrade_refused_while_one_is_running_or_on_an_old_master(proxy: Proxy) 
     proxy.wait_log("upgrade refused: this master is already an old master")
     new = _pid(proxy.pidfile)
     os.kill(new, signal.SIGTERM)
-    wait_until(lambda: _pid(proxy.pidfile) == proxy.pid, 15, "rollback of the names")
+    wait_until(lambda: proxy.pidfile.exists() and _pid(proxy.pidfile) == proxy.pid, 15,
+               "rollback of the names")
