@@ -18,7 +18,12 @@ from harness import (
 
 
 def _pid(path: object) -> int:
-    return int(open(str(path)).read().strip())
+    """The pid in a pidfile; -1 while it is missing (it changes hands during an upgrade)."""
+    try:
+        with open(str(path)) as f:
+            return int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        return -1
 
 
 def test_upgrade_then_winch_and_quit_the_old_master(proxy: Proxy) -> None:
