@@ -100,6 +100,12 @@ class ClientConnection:
         self.rhead: Head | None = None
         self.rparser: ResponseParser | None = None
         self.attempt = 0
+        self.connecting = False
+        self.req_done = True
+        self.resp_done = False
+        self.resp_started = False
+        self.req_chunks: ChunkedDecoder | None = None
+        self.resp_chunks: ChunkedDecoder | None = None
         ctx.live.add(self)
         ctx.stats.connections += 1
         ctx.loop.add(self.fd, IN, self._on_client)
@@ -621,7 +627,7 @@ class ClientConnection:
         """Answer with a small error response if nothing was sent yet, else abort."""
         if self.state in (LINGER, CLOSED):
             return
-        if self.resp_started if self.state == EXCHANGE else False:
+        if self.state == EXCHANGE and self.resp_started:
             self._abort(why)
             return
         head = self.head

@@ -22,7 +22,10 @@ class Listener:
     def __init__(self, sock: socket.socket, address: tuple[str, int], bound: tuple[str, int] | None = None) -> None:
         self.sock = sock
         self.address = address
-        self.bound = bound if bound is not None else tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+        if bound is None:
+            host, port = sock.getsockname()[:2]
+            bound = (host, port)
+        self.bound = bound
 
     def __repr__(self) -> str:
         return f"Listener({self.address[0]}:{self.address[1]} bound {self.bound[0]}:{self.bound[1]})"

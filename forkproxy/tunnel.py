@@ -54,7 +54,7 @@ _NO_SPLICE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
 _RESETS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT,
                      errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOTCONN))
 
-# Adaptive path, chosen by measurement (docs/websocket.md): one 32 B..16 KiB message costs
+# Adaptive path, chosen by measurement (README, "Splice and copy"): one 32 B..16 KiB message costs
 # less through recv_into/send than through two splices and a pipe; bulk reads (hundreds
 # of KiB) cost a third of the CPU per GB when spliced.
 SPLICE_AT = 64 * 1024   # a read this large switches the flow to splice

@@ -26,7 +26,7 @@ import os
 import random
 import signal
 from typing import TYPE_CHECKING
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import log as logs
 from .conn import ClientConnection
@@ -243,8 +243,15 @@ class Worker:
         spread = ctx.config.master.close_spread
         for c in list(ctx.live):
             if isinstance(c, Tunnel):
-                ctx.loop.call_later(random.uniform(0, spread),
-                                    lambda c=c: c.shutdown("shutdown") if c in ctx.live else None)
+                ctx.loop.call_later(random.uniform(0, spread), self._closer(c))
+
+    def _closer(self, tunnel: Tunnel) -> Callable[[], None]:
+        live = self.ctx.live
+
+        def close() -> None:
+            if tunnel in live:
+                tunnel.shutdown("shutdown")
+        return close
 
     def stop(self, why: str) -> None:
         if self.stopping:

@@ -112,7 +112,7 @@ class Conn:
                     return "eof"
         except ConnectionResetError:
             return "reset"
-        except socket.timeout:
+        except TimeoutError:
             return "open"
         return "open"
 
