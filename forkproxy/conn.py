@@ -56,6 +56,7 @@ HEAD, EXCHANGE, LINGER, CLOSED = 0, 1, 2, 3
 LINGER_TIMEOUT = 2.0
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 RECV_HEAD = 65536
+READ_AHEAD = 65536  # bytes kept from a client that sends on before its response (pipelining)
 _SEND_ERRORS = (ConnectionError, OSError)
 # RFC 9110 §7.2: uri-host [ ":" port ]; the Host rules live here, not in the parser
 HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
@@ -124,7 +125,9 @@ class ClientConnection:
                 if self.state == HEAD:
                     self._read_head()
                 elif self.state == EXCHANGE:
-                    if not self.req_done and self.up_out is None and not self.connecting:
+                    if self.req_done:
+                        self._read_ahead()
+                    elif self.up_out is None and not self.connecting:
                         self._read_body()
                 elif self.state == LINGER:
                     self._discard()
@@ -193,9 +196,14 @@ class ClientConnection:
         loop = self.ctx.loop
         state = self.state
         if state == EXCHANGE:
-            cmask = OUT if self.c_out is not None else 0
-            if not self.req_done and self.up_out is None and not self.connecting:
-                cmask |= IN
+            if self.c_out is not None:
+                cmask = OUT
+            elif self.req_done:
+                # keep reading: pipelined requests and a client that goes away are seen now,
+                # and the mask stays as it was in HEAD (no epoll_ctl per request)
+                cmask = IN if len(self.pipelined) < READ_AHEAD else 0
+            else:
+                cmask = IN if self.up_out is None and not self.connecting else 0
             loop.modify(self.fd, cmask)
             up = self.up
             if up is not None:
@@ -327,6 +335,17 @@ class ClientConnection:
             end = host.find(b"]")
             return host[: end + 1].lower()
         return host.partition(b":")[0].lower()
+
+    def _read_ahead(self) -> None:
+        """The request is complete: keep what the client sends next for later (pipelined
+        requests, or the first bytes of an upgraded protocol), and notice if it leaves."""
+        try:
+            data = self.sock.recv(RECV_HEAD)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            raise ConnectionAbortedError("client closed the connection before the response")
+        self.pipelined += data
 
     # -- upstream ----------------------------------------------------------------
 

@@ -237,3 +237,19 @@ def test_client_reset_mid_response_frees_everything(make_proxy):
         settle_fds(proxy, baseline)
         r = exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert r.status == 200 and len(r.body) == 8 << 20
+
+
+def test_client_leaving_before_the_response_frees_both_sides_at_once(make_proxy):
+    """As nginx (499): a client that closes while its request waits on the upstream ends
+    the exchange now, not when the upstream finally answers."""
+    with RecordingBackend(response_delay=4) as b:
+        proxy = make_proxy(config(b.port).replace('proxy_read_timeout = "1s"', 'proxy_read_timeout = "10s"'),
+                           workers=1)
+        baseline = worker_fds(proxy)
+        s = socket.create_connection(("127.0.0.1", proxy.port))
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: worker_fds(proxy) >= baseline + 2, 5, "client and upstream sockets open")
+        t0 = time.monotonic()
+        s.close()
+        settle_fds(proxy, baseline)
+        assert time.monotonic() - t0 < 2.5, "the exchange outlived its client"
