@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -41,6 +40,7 @@ from .log import time_local
 from .loop import ERR, IN, OUT, Timer
 from .respond import interim_head, response_head, switching_head
 from .routes import RequestVars, normalize_path, target_host
+from .uri import normalize_host
 from .tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -58,8 +58,6 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 RECV_HEAD = 65536
 READ_AHEAD = 65536  # bytes kept from a client that sends on before its response (pipelining)
 _SEND_ERRORS = (ConnectionError, OSError)
-# RFC 9110 §7.2: uri-host [ ":" port ]; the Host rules live here, not in the parser
-HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
 
 
 def _send(sock: socket.socket, data: bytes | memoryview) -> int:
@@ -329,12 +327,7 @@ class ClientConnection:
             raise BadRequest("HTTP/1.1 request without Host")
         authority = target_host(head.target)
         host = authority if authority is not None else (hosts[0] if hosts else b"")
-        if host and HOST_RE.fullmatch(host) is None:
-            raise BadRequest(f"invalid Host {host[:80]!r}")
-        if host.startswith(b"["):
-            end = host.find(b"]")
-            return host[: end + 1].lower()
-        return host.partition(b":")[0].lower()
+        return normalize_host(host) if host else b""
 
     def _read_ahead(self) -> None:
         """The request is complete: keep what the client sends next for later (pipelined

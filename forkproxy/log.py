@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any, TextIO
@@ -181,6 +180,3 @@ def time_local() -> str:
         _time_cache[1] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
     return str(_time_cache[1])
 
-
-def pid() -> int:
-    return os.getpid()
