@@ -57,7 +57,6 @@ LINGER_TIMEOUT = 2.0
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 RECV_HEAD = 65536
 READ_AHEAD = 65536  # bytes kept from a client that sends on before its response (pipelining)
-_SEND_ERRORS = (ConnectionError, OSError)
 
 
 def _send(sock: socket.socket, data: bytes | memoryview) -> int:
@@ -131,7 +130,7 @@ class ClientConnection:
                     self._discard()
         except HttpError as e:
             self._fail(e.status, str(e) or type(e).__name__)
-        except _SEND_ERRORS as e:
+        except OSError as e:
             self._client_gone(e)
         if self.state != CLOSED:
             self._refresh()
@@ -152,7 +151,7 @@ class ClientConnection:
                     raise ConnectionResetError("upstream reset the connection")
         except HttpError as e:
             self._fail(e.status, str(e) or type(e).__name__)
-        except _SEND_ERRORS as e:
+        except OSError as e:
             self._upstream_failed(e)
         if self.state != CLOSED:
             self._refresh()
@@ -509,7 +508,7 @@ class ClientConnection:
             if self._retry():
                 return
             raise BadGateway(f"upstream {self.up.addr_text} closed the connection before responding")  # type: ignore[union-attr]
-        if rhead.framing == CLOSE or self.dechunk and self.resp_chunks is None:
+        if rhead.framing == CLOSE:
             self.resp_done = True
             self._finish()
             return
@@ -580,12 +579,9 @@ class ClientConnection:
 
     # -- to the client -----------------------------------------------------------
 
-    def _send_client(self, data: bytes | memoryview, flush: bool = True) -> None:
+    def _send_client(self, data: bytes | memoryview) -> None:
         if self.c_out is not None:
             self.c_out = bytes(self.c_out) + bytes(data)
-            return
-        if not flush:
-            self.c_out = bytes(data)
             return
         n = _send(self.sock, data)
         self.c_out = data[n:] if n < len(data) else None
@@ -602,8 +598,6 @@ class ClientConnection:
 
     def _finish(self) -> None:
         """The response is complete (it may still be in c_out): settle both sides."""
-        if self.c_out is not None and isinstance(self.c_out, memoryview):
-            self.c_out = bytes(self.c_out)
         up = self.up
         if up is not None:
             rhead = self.rhead
@@ -656,7 +650,7 @@ class ClientConnection:
             out = out[: out.index(b"\r\n\r\n") + 4]
         try:
             self._send_client(out)
-        except _SEND_ERRORS:
+        except OSError:
             self._close()
             return
         if head is not None:

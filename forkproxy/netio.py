@@ -74,13 +74,6 @@ def set_nodelay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def set_keepalive(sock: socket.socket, idle: int = 60, interval: int = 10, count: int = 6) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-
-
 def abort(sock: socket.socket) -> None:
     """Close with RST: the peer must not mistake an aborted exchange for a complete one."""
     try:

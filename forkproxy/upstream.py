@@ -113,9 +113,6 @@ class UpstreamPools:
             self.loop.disarm(conn.timer)
         conn.close()
 
-    def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
-
     def close_all(self) -> None:
         for idle in list(self._idle.values()):
             for conn in list(idle):

@@ -61,7 +61,7 @@ def _set_title(text: str) -> None:
 
 
 class Worker:
-    __slots__ = ("ctx", "listeners", "slot", "signals", "stopping", "drain_started", "final_window",
+    __slots__ = ("ctx", "listeners", "slot", "signals", "stopping", "final_window",
                  "ppid", "accepting", "tick_timer", "wake_r", "wake_w", "servers", "title", "cap")
 
     def __init__(self, config: Config, listeners: Sequence[Listener], index: int, generation: int,
@@ -78,7 +78,6 @@ class Worker:
         self.slot = slot
         self.signals: list[int] = []
         self.stopping = False
-        self.drain_started = 0.0
         self.final_window = False
         self.ppid = os.getppid()
         self.accepting = False
@@ -216,7 +215,6 @@ class Worker:
         if ctx.draining:
             return
         ctx.draining = True
-        self.drain_started = ctx.loop.now
         self.title += " draining"
         _set_title(self.title)
         log.info("draining: %d connections, %d tunnels", ctx.stats.connections, ctx.stats.tunnels)
