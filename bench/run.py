@@ -91,6 +91,53 @@ def layout_cpus(layout: str) -> tuple[list[int] | None, list[int] | None, str]:
     return cpus[:1], cpus[1:], ""
 
 
+def start_contenders(names: list[str], work: Path, backends: Backends, services: Services,
+                     proxy_cpus: list[int] | None, workers: int, missing: set[str],
+                     notes: list[str]) -> tuple[list[Contender], bool]:
+    """The contenders that started (nginx skipped when missing), and whether one failed to (noted)."""
+    contenders: list[Contender] = []
+    failed = False
+    for name in names:
+        if name == "nginx" and "nginx" in missing:
+            continue
+        log(f"starting {name}")
+        try:
+            if name == "forkproxy":
+                contenders.append(Forkproxy(work, backends, services, proxy_cpus, workers))
+            elif name == "nginx":
+                contenders.append(Nginx(work, backends, services, proxy_cpus, workers))
+            else:
+                contenders.append(Direct(backends))
+        except Exception as e:
+            log(f"{name} did not start: {e}")
+            notes.append(f"{name} did not start: {e}")
+            failed = True
+    return contenders, failed
+
+
+def run_rounds(ctx: Ctx, sc: Scenario, who: list[Contender], backends: Backends,
+               rounds: int) -> tuple[list[dict[str, Any]], bool]:
+    """Every round of one scenario, contenders taking turns in an order rotating by one each round;
+    and whether any measurement errored (an exception, or errors the generators saw: resets, non-2xx)."""
+    out: list[dict[str, Any]] = []
+    errored = False
+    for rnd in range(rounds):
+        order = who[rnd % len(who):] + who[:rnd % len(who)] if who else []
+        for c in order:
+            r = measure(ctx, sc, c, backends, rnd)
+            out.append(r)
+            errored = errored or bool(r.get("error"))
+    return out, errored
+
+
+def save(rec: dict[str, Any], out: Path, prefix: str) -> Path:
+    """The run record as `out/<prefix>-<time>.json`."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{prefix}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(rec, indent=1, default=float))
+    return path
+
+
 def measure(ctx: Ctx, sc: Scenario, c: Contender, backends: Backends, rnd: int) -> dict[str, Any]:
     p0, b0, g0, t0 = c.cpu(), backends.cpu(), children_cpu(), time.monotonic()
     m0 = machine_busy()
@@ -178,22 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"work dir {work}; starting backends")
         backends = Backends(work, services, gen_cpus, workers=2)
         notes += backends.notes
-        contenders: list[Contender] = []
-        for name in args.contenders:
-            if name == "nginx" and "nginx" in missing:
-                continue
-            log(f"starting {name}")
-            try:
-                if name == "forkproxy":
-                    contenders.append(Forkproxy(work, backends, services, proxy_cpus, args.workers))
-                elif name == "nginx":
-                    contenders.append(Nginx(work, backends, services, proxy_cpus, args.workers))
-                else:
-                    contenders.append(Direct(backends))
-            except Exception as e:
-                log(f"{name} did not start: {e}")
-                notes.append(f"{name} did not start: {e}")
-                errored = True
+        contenders, failed = start_contenders(args.contenders, work, backends, services, proxy_cpus, args.workers,
+                                              missing, notes)
+        errored = errored or failed
         rec["contenders"] = [c.name for c in contenders]
         for sc in wanted:
             entry: dict[str, Any] = {"title": sc.title, "per": sc.per, "rounds": [],
@@ -208,13 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 _set_rate(ctx, rec)
             log(f"{sc.name}: {sc.title}")
             who = [c for c in contenders if c.is_proxy or not sc.proxies_only]
-            for rnd in range(rounds):
-                order = who[rnd % len(who):] + who[:rnd % len(who)] if who else []
-                for c in order:
-                    r = measure(ctx, sc, c, backends, rnd)
-                    entry["rounds"].append(r)
-                    if r.get("error"):  # an exception, or errors the generators saw (resets, non-2xx)
-                        errored = True
+            entry["rounds"], failed = run_rounds(ctx, sc, who, backends, rounds)
+            errored = errored or failed
     finally:
         services.stop_all()
         if errored or args.keep:
@@ -222,10 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     rec["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    jpath = args.out / f"bench-{stamp}.json"
-    jpath.write_text(json.dumps(rec, indent=1, default=float))
+    jpath = save(rec, args.out, "bench")
+    stamp = jpath.stem.removeprefix("bench-")
     md = report.markdown(rec)
     (args.out / f"bench-{stamp}.md").write_text(md)
     png = report.charts(rec, args.out / f"bench-{stamp}.png")

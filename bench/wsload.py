@@ -83,7 +83,49 @@ def bulk(port: int, path: str, frame_size: int, duration: float, warm: float) ->
     s.close()
     if mark is None:
         mark = (0, t0)
-    return {"bytes": float(sent - mark[0]), "seconds": now - mark[1]}
+    return {"bytes": float(sent - mark[0]), "seconds": now - mark[1], "sent": float(sent)}
+
+
+def bulk_many(port: int, path: str, frame_size: int, tunnels: int, duration: float, warm: float) -> dict[str, float]:
+    """`tunnels` tunnels in this process, each sent `frame_size` frames whenever it can take more (epoll).
+
+    Each tunnel's stream stays whole frames: a partial send resumes where it stopped."""
+    frame = masked_frame(bytes(frame_size))
+    batch = memoryview(frame * max(1, (1 << 20) // len(frame)))
+    socks = [handshake(port, path) for _ in range(tunnels)]
+    ep = select.epoll()
+    offset: dict[int, int] = {}
+    by_fd: dict[int, socket.socket] = {}
+    for s in socks:
+        s.setblocking(False)
+        ep.register(s.fileno(), select.EPOLLOUT)
+        offset[s.fileno()] = 0
+        by_fd[s.fileno()] = s
+    t0 = time.monotonic()
+    t_warm, t_end = t0 + warm, t0 + warm + duration
+    sent = 0
+    mark = None
+    now = t0
+    try:
+        while now < t_end:
+            for fd, _ in ep.poll(0.2):
+                off = offset[fd]
+                try:
+                    n = by_fd[fd].send(batch[off:])
+                except (BlockingIOError, InterruptedError):
+                    continue
+                sent += n
+                offset[fd] = (off + n) % len(batch)
+            now = time.monotonic()
+            if mark is None and now >= t_warm:
+                mark = (sent, now)
+    finally:
+        ep.close()
+        for s in socks:
+            s.close()
+    if mark is None:
+        mark = (0, t0)
+    return {"bytes": float(sent - mark[0]), "seconds": now - mark[1], "sent": float(sent)}
 
 
 def echo(port: int, path: str, tunnels: int, size: int, duration: float, warm: float) -> dict[str, object]:
