@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backend": ("bench.backend", "HTTP/1.1 + WebSocket echo backend"),
     "demo": ("bench.demo", "what `make run` does: backend + forkproxy + tips"),
     "run": ("bench.run", "forkproxy vs nginx vs direct: the benchmark table (--quick for CI)"),
+    "growth": ("bench.growth", "forkproxy vs nginx as connections and tunnels grow: req/s, CPU, PSS"),
     "report": ("bench.report", "print the tables of a saved run (bench/out/*.json)"),
     "profile": ("bench.profile", "Python calls and syscalls per proxied request / tunnelled message"),
     "tune": ("bench.tune", "recommend tunnel_timeout / proxy_read_timeout (sweep or --from-log)"),

@@ -200,9 +200,13 @@ def charts(rec: dict[str, Any], path: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0].startswith("-"):
-        print("usage: python -m bench report RUN.json [CHART.png]", file=sys.stderr)
+        print("usage: python -m bench report RUN.json [CHART.png]   (a bench run or bench growth record)", file=sys.stderr)
         return 2
     rec = json.loads(Path(args[0]).read_text())
+    if rec.get("kind") == "growth":  # a `bench growth` record: its own tables
+        from .growth import markdown as growth_markdown
+        print(growth_markdown(rec))
+        return 0
     print(markdown(rec))
     if len(args) > 1:
         print(f"chart: {charts(rec, Path(args[1]))}")
