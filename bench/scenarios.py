@@ -210,6 +210,7 @@ def ws_bulk(tunnels: int, procs: int = 4) -> Callable[[Ctx, Contender], Measure]
     `procs` tunnels, beyond that `procs` processes sharing the tunnels (epoll)."""
     def run(ctx: Ctx, c: Contender) -> Measure:
         port, frame, window = c.port_for("raw"), 64 * 1024, (ctx.duration, ctx.warm)
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
         if tunnels <= procs:
             calls = [(wsload.bulk, (port, "/ws/bulk", frame, *window))] * tunnels
         else:
