@@ -18,6 +18,7 @@ Invariants:
   requests/s and GB/s are the measured window's alone.
 - Proxy memory is the PSS summed over the contender's processes, sampled every 0.25 s
   while the load runs (warm-up and window, connections open); the table shows the peak.
+  The proxies serve the whole run, so a row's PSS includes what earlier rows left behind.
 - Every load loop is bounded in count and time; loopback only, ports picked by the OS.
 - The exit status is 1 only when a measurement errored (a contender failed to start, a
   generator failed, or wrk saw errors); the numbers themselves are never judged.
