@@ -12,6 +12,7 @@ import struct
 
 # SO_LINGER with a zero timeout: close() sends RST instead of FIN (aborts only).
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+_PEEK_NOWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: IntFlag "|" runs Python code
 
 
 class Listener:
@@ -86,7 +87,7 @@ def abort(sock: socket.socket) -> None:
 def peer_closed(sock: socket.socket) -> bool:
     """True if an idle socket has EOF, an error or unexpected bytes pending (MSG_PEEK)."""
     try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        sock.recv(1, _PEEK_NOWAIT)
         return True  # EOF, or bytes nobody asked for: either way not reusable
     except (BlockingIOError, InterruptedError):
         return False

@@ -6,7 +6,9 @@ Invariants:
 - An idle pooled connection stays registered for readability: EOF or any byte the
   backend sends while idle closes it at once, so a pool never hands out a socket the
   backend already closed when the kernel knows it. `acquire` checks again with
-  MSG_PEEK (the FIN may arrive between two loop iterations).
+  MSG_PEEK when the connection idled longer than PEEK_AFTER: a backend's idle close
+  comes after seconds, so a FIN that arrived since the last epoll_wait is possible
+  then; under load connections idle for milliseconds and skip that syscall.
 - Idle connections expire after `keepalive_timeout`, chosen below common backends'
   own idle timeouts so the backend is rarely the one to close first.
 - At most `keepalive` idle connections per upstream and worker; the oldest goes first.
@@ -21,12 +23,14 @@ from typing import TYPE_CHECKING
 from . import netio
 from .loop import IN, EventLoop, Timer
 
+PEEK_AFTER = 0.5  # seconds idle after which acquire re-checks the socket with MSG_PEEK
+
 if TYPE_CHECKING:
     from .config import Upstream
 
 
 class UpstreamConn:
-    __slots__ = ("sock", "fd", "name", "addr_text", "requests", "reused", "timer", "_pools")
+    __slots__ = ("sock", "fd", "name", "addr_text", "requests", "reused", "timer", "idle_since", "_pools")
 
     def __init__(self, sock: socket.socket, name: str, addr_text: str, pools: UpstreamPools) -> None:
         self.sock = sock
@@ -36,6 +40,7 @@ class UpstreamConn:
         self.requests = 0
         self.reused = False
         self.timer: Timer | None = None
+        self.idle_since = 0.0
         self._pools = pools
 
     def close(self) -> None:
@@ -73,7 +78,7 @@ class UpstreamPools:
             conn = idle.pop()
             if conn.timer is not None:
                 self.loop.disarm(conn.timer)
-            if netio.peer_closed(conn.sock):
+            if self.loop.now - conn.idle_since > PEEK_AFTER and netio.peer_closed(conn.sock):
                 conn.close()
                 continue
             conn.reused = True
@@ -103,6 +108,7 @@ class UpstreamPools:
         if conn.timer is None:
             conn.timer = Timer(conn._on_idle_timeout)
         loop.arm(conn.timer, loop.now + upstream.keepalive_timeout)
+        conn.idle_since = loop.now
         idle.append(conn)
 
     def discard(self, conn: UpstreamConn) -> None:
