@@ -31,7 +31,7 @@ def response_head(head: Head, client_version: int, keep_alive: bool, dechunk: bo
     dechunk: the body is de-chunked and close-delimited (an HTTP/1.0 client).
     rewrite: proxy_redirect, applied to Location and Refresh.
     """
-    items = end_to_end(head.headers)
+    items = end_to_end(head.headers, connection=head.connection)
     if rewrite is not None:
         for i, (name, value) in enumerate(items):
             if name.lower() in _REWRITTEN:
@@ -49,7 +49,7 @@ def response_head(head: Head, client_version: int, keep_alive: bool, dechunk: bo
 
 def interim_head(head: Head) -> bytes:
     """A 1xx other than 101 (100 Continue, 103 Early Hints), for HTTP/1.1 clients only."""
-    return _serialise(_HTTP11, head.status, head.reason, end_to_end(head.headers))
+    return _serialise(_HTTP11, head.status, head.reason, end_to_end(head.headers, connection=head.connection))
 
 
 def switching_head(head: Head) -> bytes:

@@ -104,9 +104,10 @@ class Route:
                 lines.append(b"Host: " + value)
         headers = head.headers
         drop = self._drop
-        if headers.get(b"connection") is not None:
-            drop = drop | headers.tokens(b"connection")
-        lines += [name + b": " + value for name, value in headers if name.lower() not in drop]
+        connection = head.connection
+        if connection and not drop.issuperset(connection):
+            drop = drop.union(connection)
+        lines += [item[0] + b": " + item[1] for ln, item in zip(headers._lnames, headers.items) if ln not in drop]
         for prefix, template in self._fields:
             value = template.render(v)
             if value:  # a value that renders empty removes the field (as nginx)

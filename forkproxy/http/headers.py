@@ -105,12 +105,18 @@ def list_tokens(value: bytes) -> tuple[bytes, ...]:
 
 
 def end_to_end(
-    headers: Headers, drop: frozenset[bytes] = frozenset()
+    headers: Headers,
+    drop: frozenset[bytes] = frozenset(),
+    connection: tuple[bytes, ...] | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """The fields without hop-by-hop ones, those named in Connection, and `drop`."""
-    remove = HOP_BY_HOP
-    if b"connection" in headers._lnames:
-        remove = remove | headers.tokens(b"connection")
-    if drop:
-        remove = remove | drop
+    """The fields without hop-by-hop ones, those named in Connection, and `drop`.
+
+    `connection`: the Connection tokens when the caller has them (Head.connection);
+    usually they only name hop-by-hop fields, and no set is built.
+    """
+    remove = HOP_BY_HOP | drop if drop else HOP_BY_HOP
+    if connection is None:
+        connection = list_tokens(headers.combined(b"connection") or b"")
+    if connection and not remove.issuperset(connection):
+        remove = remove.union(connection)
     return [item for ln, item in zip(headers._lnames, headers.items) if ln not in remove]

@@ -35,6 +35,7 @@ _VERSIONS = {b"HTTP/1.1": 11, b"HTTP/1.0": 10}
 
 class Head:
     __slots__ = (
+        "connection",
         "expect_continue",
         "framing",
         "headers",
@@ -63,6 +64,7 @@ class Head:
         upgrade: tuple[bytes, ...],
         expect_continue: bool,
         size: int,
+        connection: tuple[bytes, ...] = (),
     ) -> None:
         self.method = method
         self.target = target
@@ -76,6 +78,7 @@ class Head:
         self.upgrade = upgrade
         self.expect_continue = expect_continue
         self.size = size
+        self.connection = connection  # the Connection field's tokens, lowercase
 
     def __repr__(self) -> str:
         start = (
@@ -258,6 +261,7 @@ class RequestParser(_HeadReader):
         lnames = headers._lnames
         keep_alive = version == 11
         upgrade: tuple[bytes, ...] = ()
+        tokens: tuple[bytes, ...] = ()
         if b"connection" in lnames:
             tokens = list_tokens(headers.combined(b"connection") or b"")
             if version == 11:
@@ -286,7 +290,7 @@ class RequestParser(_HeadReader):
             framing, length, keep_alive = NONE, 0, False
         return Head(
             method, target, version, 0, b"", headers,
-            framing, length, keep_alive, upgrade, expect_continue, size,
+            framing, length, keep_alive, upgrade, expect_continue, size, tokens,
         )
 
 
@@ -313,6 +317,7 @@ class ResponseParser(_HeadReader):
 
         lnames = headers._lnames
         keep_alive = version == 11
+        tokens: tuple[bytes, ...] = ()
         if b"connection" in lnames:
             tokens = list_tokens(headers.combined(b"connection") or b"")
             if version == 11:
@@ -346,7 +351,7 @@ class ResponseParser(_HeadReader):
             keep_alive = False  # RFC 9112 §6.1: TE in HTTP/1.0 is faulty framing
         return Head(
             b"", b"", version, status, reason, headers,
-            framing, length, keep_alive, upgrade, False, size,
+            framing, length, keep_alive, upgrade, False, size, tokens,
         )
 
 
