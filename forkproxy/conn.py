@@ -69,7 +69,7 @@ def _send(sock: socket.socket, data: bytes | memoryview) -> int:
 
 class ClientConnection:
     __slots__ = (
-        "ctx", "sock", "fd", "listener", "server", "remote", "remote_port", "parser",
+        "ctx", "sock", "fd", "listener", "server", "remote", "remote_port", "peer_vars", "parser",
         "state", "timer", "closing", "c_out", "up_out", "pipelined",
         # the current exchange
         "head", "route", "vars", "up", "connecting", "req_left", "req_total", "req_chunks", "req_done",
@@ -86,6 +86,8 @@ class ClientConnection:
         self.server = server
         self.remote = addr[0]
         self.remote_port = addr[1]
+        # $remote_addr, $remote_port, $server_port: fixed for the connection, encoded once
+        self.peer_vars = (addr[0].encode(), b"%d" % addr[1], b"%d" % listener.bound[1])
         self.parser = RequestParser(server.max_request_line, server.max_head_size, server.max_header_count)
         self.state = HEAD
         self.timer = Timer(self._on_timeout)
@@ -255,7 +257,6 @@ class ClientConnection:
         self.req_total = 0
         self.replay = None
         self.retried = False
-        self.rparser = None
         self.rhead = None
         self.resp_left = 0
         self.resp_chunks = None
@@ -281,9 +282,9 @@ class ClientConnection:
         if loc.client_max_body_size and head.framing == LENGTH and head.length > loc.client_max_body_size:
             raise BodyTooLarge(f"body of {head.length} bytes exceeds client_max_body_size {loc.client_max_body_size}")
 
-        v = self.vars = RequestVars(head, host, self.remote.encode(), str(self.remote_port).encode(),
-                                    str(self.listener.bound[1]).encode(), server.server_name[0].encode(),
-                                    b"http", path, args, head.target)
+        remote_addr, remote_port, server_port = self.peer_vars
+        v = self.vars = RequestVars(head, host, remote_addr, remote_port, server_port,
+                                    server.server_name[0].encode(), b"http", path, args, head.target)
         chunked = head.framing == CHUNKED
         if chunked and loc.proxy_http_version == "1.0":
             raise BadRequest("a chunked request body cannot be sent to an HTTP/1.0 upstream")
@@ -359,15 +360,20 @@ class ClientConnection:
         self.up = up
         up.requests += 1
         self.up_addr = up.addr_text
-        self.rparser = ResponseParser()
-        self.rparser.start(self.head.method)  # type: ignore[union-attr]
+        rparser = self.rparser
+        if rparser is None:
+            rparser = self.rparser = ResponseParser()  # kept for the connection's next exchanges
+        rparser.start(self.head.method)  # type: ignore[union-attr]
         if self.connecting:
             self.up_out = data
         else:
             self._send_upstream(data)
 
     def _send_upstream(self, data: bytes | memoryview) -> None:
-        n = _send(self.up.sock, data)  # type: ignore[union-attr]
+        try:
+            n = self.up.sock.send(data)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            n = 0
         self.up_out = data[n:] if n < len(data) else None
 
     def _flush_upstream(self) -> None:
@@ -583,7 +589,10 @@ class ClientConnection:
         if self.c_out is not None:
             self.c_out = bytes(self.c_out) + bytes(data)
             return
-        n = _send(self.sock, data)
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
         self.c_out = data[n:] if n < len(data) else None
 
     def _flush_client(self) -> None:
@@ -617,7 +626,6 @@ class ClientConnection:
         idle = self.ctx.config.master.drain_idle_grace if self.closing else self.route.location.keepalive_timeout  # type: ignore[union-attr]
         self.state = HEAD
         self.head = None
-        self.rparser = None
         self.rhead = None
         self.route = None
         self.vars = None

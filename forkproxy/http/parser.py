@@ -303,7 +303,11 @@ class ResponseParser(_HeadReader):
         self._connect = False
 
     def start(self, request_method: bytes) -> None:
-        """Prepare for the response to a request with this method (HEAD: no body)."""
+        """Prepare for the response to a request with this method (HEAD: no body);
+        anything buffered from an earlier exchange is dropped."""
+        self._buf = b""
+        self._scan = 0
+        self._line_ok = False
         self._head_request = request_method == b"HEAD"
         self._connect = request_method == b"CONNECT"
 
