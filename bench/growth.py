@@ -13,9 +13,9 @@ Invariants:
   `bench run` counts it (utime+stime of every process of the contender, reaped workers
   included) and a figure is inconclusive on the same rule (generators+backends at >= 90% of
   the cores they had). Contenders take turns, in an order rotating by one each round.
-- Proxy CPU per request / per GB puts the CPU of the whole measurement against all the work
-  done in it, the warm-up included (wrk's 1 s warm-up run, the pump's first seconds);
-  requests/s and GB/s are the measured window's alone.
+- Proxy CPU per request / per GB, requests/s, GB/s and the cores used all cover the measured
+  window alone: the CPU is read where it starts and ends, after the warm-up (wrk's 1 s
+  warm-up run, the pump's first ctx.warm seconds), and the work is what was done in it.
 - Proxy memory is the PSS summed over the contender's processes, sampled every 0.25 s
   while the load runs (warm-up and window, connections open); the table shows the peak.
   The proxies serve the whole run, so a row's PSS includes what earlier rows left behind.
@@ -43,7 +43,7 @@ from . import report
 from .contenders import Backends, Contender
 from .procs import Services, log, pss_bytes, raise_nofile, which
 from .run import OUT, layout_cpus, machine, run_rounds, save, start_contenders
-from .scenarios import Ctx, Measure, Metric, Scenario, http_small, ws_bulk
+from .scenarios import Ctx, Measure, Metric, Scenario, Window, http_small, ws_bulk
 from .stats import fmt, median
 
 HTTP_CONNS, QUICK_HTTP_CONNS, TUNNELS = (1, 50, 500, 5000), (1, 50, 500), (1, 4, 64)
@@ -87,17 +87,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def sampled(fn: Callable[[Ctx, Contender], Measure], all_work: str, scale: float,
-            cpu_key: str) -> Callable[[Ctx, Contender], Measure]:
-    """`fn` run in a thread while the contender's PSS is sampled; the Measure gets the peak (MiB),
-    and its work becomes `extra[all_work]` (the warm-up's work too: the CPU reading covers it).
-    The CPU per unit (times `scale`) is filled in by `measure_row` once the CPU is known."""
-    def run(ctx: Ctx, c: Contender) -> Measure:
+def sampled(fn: Callable[[Ctx, Contender, Window], Measure], scale: float,
+            cpu_key: str) -> Callable[[Ctx, Contender, Window], Measure]:
+    """`fn` run in a thread while the contender's PSS is sampled (warm-up and window); the Measure
+    gets the peak (MiB). The CPU per unit (times `scale`) is filled in by `add_cpu_metric` once the
+    window's CPU is known."""
+    def run(ctx: Ctx, c: Contender, w: Window) -> Measure:
         box: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                box["m"] = fn(ctx, c)
+                box["m"] = fn(ctx, c, w)
             except BaseException as e:  # re-raised in the caller's thread
                 box["e"] = e
 
@@ -113,8 +113,6 @@ def sampled(fn: Callable[[Ctx, Contender], Measure], all_work: str, scale: float
         if "e" in box:
             raise box["e"]
         m: Measure = box["m"]
-        m.extra["window_work"] = m.work
-        m.work = float(m.extra[all_work])
         m.extra.update(pss_samples=len(samples), pss_last_mib=samples[-1] / 2**20 if samples else None,
                        cpu_key=cpu_key, cpu_scale=scale)
         m.metrics[PSS.key] = max(samples) / 2**20 if samples else float("nan")
@@ -124,16 +122,16 @@ def sampled(fn: Callable[[Ctx, Contender], Measure], all_work: str, scale: float
 
 def scenarios(http_conns: list[int], tunnels: list[int]) -> list[Scenario]:
     out = [Scenario(f"http_{n}", f"HTTP keep-alive, small response, {n:,} conn{'s' if n > 1 else ''} (wrk)", (RPS, CPU_REQ, PSS),
-                    "request", sampled(http_small(n, WRK_TIMEOUT), "all_requests", 1e6, CPU_REQ.key), needs=("wrk",))
+                    "request", sampled(http_small(n, WRK_TIMEOUT), 1e6, CPU_REQ.key), needs=("wrk",))
            for n in http_conns]
     out += [Scenario(f"ws_bulk_{n}", f"WebSocket bulk, 64 KiB frames, {n} tunnel{'s' if n > 1 else ''}",
-                     (GBPS, CPU_GB, PSS), "GB", sampled(ws_bulk(n), "all_gb", 1.0, CPU_GB.key))
+                     (GBPS, CPU_GB, PSS), "GB", sampled(ws_bulk(n), 1.0, CPU_GB.key))
             for n in tunnels]
     return out
 
 
 def add_cpu_metric(r: dict[str, Any]) -> None:
-    """The proxy's CPU per unit of work, as a metric of the round (so rounds and ratios summarise it)."""
+    """The proxy's CPU per unit of work in the window, as a metric of the round (so rounds and ratios summarise it)."""
     ex = r.get("extra") or {}
     if "cpu" in r and r.get("work") and "cpu_key" in ex:
         r["metrics"][ex["cpu_key"]] = r["cpu"]["proxy"] / r["work"] * ex["cpu_scale"]
@@ -257,7 +255,7 @@ def markdown(rec: dict[str, Any]) -> str:
     idle = ", ".join(f"{c} {v:.1f} MiB" for c, v in rec.get("idle_pss_mib", {}).items())
     lines = [f"Layout: **{rec['layout']}**, {rec['rounds']} round(s) of {fmt(rec['duration'])} s windows per count, "
              "contenders alternating; cells are medians (min–max over rounds when more than one). "
-             "Proxy CPU per unit counts the warm-up's CPU and work too; PSS is summed over the proxy's processes, "
+             "Rates, proxy CPU per unit and cores cover the measured window (not the warm-up); PSS is summed over the proxy's processes, "
              f"sampled every {PSS_EVERY:g} s while the load ran, the peak shown (idle after start: {idle or '—'}). "
              "Cores: CPU-seconds per second of the proxy and of the load (generators+backends). "
              "⚠ = inconclusive (the load used >= 90% of the cores it had: "

@@ -58,7 +58,8 @@ def _complete(c: _Conn) -> bool:
     return True
 
 
-def open_loop(port: int, path: str, rate: float, conns: int, duration: float, warm: float) -> dict[str, object]:
+def open_loop(port: int, path: str, rate: float, conns: int, start: float, end: float) -> dict[str, object]:
+    """Requests at `rate` until `end` (monotonic clock); those due from `start` on are measured."""
     req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     ep = select.epoll()
     free: deque[_Conn] = deque()
@@ -72,7 +73,6 @@ def open_loop(port: int, path: str, rate: float, conns: int, duration: float, wa
     lat = array("d")
     errors = 0
     t0 = time.monotonic() + 0.01
-    t_warm, t_end = t0 + warm, t0 + warm + duration
     k = 0
     interval = 1.0 / rate
     busy: set[_Conn] = set()
@@ -84,17 +84,17 @@ def open_loop(port: int, path: str, rate: float, conns: int, duration: float, wa
 
     while True:
         now = time.monotonic()
-        while k * interval + t0 <= now and k * interval + t0 < t_end:
+        while k * interval + t0 <= now and k * interval + t0 < end:
             queue.append(t0 + k * interval)
             k += 1
         while queue and free:
             send(free.popleft(), queue.popleft())
-        if now >= t_end and not busy:
+        if now >= end and not busy:
             break
-        if now >= t_end + 2.0:
+        if now >= end + 2.0:
             break
         nxt = t0 + k * interval
-        timeout = max(0.0, min(nxt - now, 0.05)) if now < t_end else 0.05
+        timeout = max(0.0, min(nxt - now, 0.05)) if now < end else 0.05
         for fd, _ in ep.poll(timeout):
             c = by_fd[fd]
             try:
@@ -120,26 +120,26 @@ def open_loop(port: int, path: str, rate: float, conns: int, duration: float, wa
             c.buf += data
             if _complete(c):
                 done = time.monotonic()
-                if c.due >= t_warm:
+                if c.due >= start:
                     lat.append(done - c.due)
                 busy.discard(c)
                 free.append(c)
-    end = time.monotonic()
+    now = time.monotonic()
     late = 0
     for c in busy:
-        if c.due >= t_warm:
-            lat.append(end - c.due)
+        if c.due >= start:
+            lat.append(now - c.due)
             late += 1
     for due in queue:
-        if due >= t_warm:
-            lat.append(end - due)
+        if due >= start:
+            lat.append(now - due)
             late += 1
     for c in by_fd.values():
         c.sock.close()
     ep.close()
-    scheduled = sum(1 for i in range(k) if t0 + i * interval >= t_warm)
+    scheduled = sum(1 for i in range(k) if t0 + i * interval >= start)
     return {"latencies": lat.tobytes(), "late": float(late), "errors": float(errors),
-            "scheduled": float(scheduled), "seconds": duration}
+            "scheduled": float(scheduled), "seconds": end - start}
 
 
 def careful(port: int, path: str, conns: int, duration: float, think: float, seed: int) -> dict[str, float]:

@@ -7,8 +7,10 @@ Invariants:
 - One set of backends and one instance of each contender serve the whole run; each
   scenario runs all its rounds before the next starts, and within a round the contenders
   take turns in an order that rotates by one each round.
-- Each measurement is wrapped in CPU readings of the contender, the backends and the
-  generators; generators+backends at >= 90% of the cores they had make it inconclusive.
+- Each measurement reads the CPU of the contender, the backends and the generators where
+  its measured window starts and ends (after any warm-up; `scenarios.Window`), so CPU per
+  unit and cores used cover the same interval as the work; generators+backends at >= 90%
+  of the cores they had in that window make it inconclusive.
 - A missing tool (nginx, wrk, taskset, matplotlib) is printed and skips only what needs
   it. The exit status is 1 only when a scenario errored, 0 otherwise.
 """
@@ -34,8 +36,8 @@ import psutil
 
 from . import report
 from .contenders import Backends, Contender, Direct, Forkproxy, Nginx, nginx_version
-from .procs import Services, children_cpu, log, raise_nofile, which
-from .scenarios import BY_NAME, SCENARIOS, Ctx, Scenario
+from .procs import Services, generators_cpu, log, raise_nofile, which
+from .scenarios import BY_NAME, SCENARIOS, Ctx, Scenario, Window
 from .stats import median
 from .tunnelstats import splice_share
 
@@ -139,20 +141,22 @@ def save(rec: dict[str, Any], out: Path, prefix: str) -> Path:
 
 
 def measure(ctx: Ctx, sc: Scenario, c: Contender, backends: Backends, rnd: int) -> dict[str, Any]:
-    p0, b0, g0, t0 = c.cpu(), backends.cpu(), children_cpu(), time.monotonic()
-    m0 = machine_busy()
+    """One call of the scenario; its `cpu` is what was spent in the scenario's measured window."""
     size0 = _size(c)
     rec: dict[str, Any] = {"round": rnd, "contender": c.name}
+    window = Window(lambda: cpu_reading(c, backends))
+    window.open()
     try:
-        m = sc.fn(ctx, c)
+        m = sc.fn(ctx, c, window)
     except Exception as e:  # one failed measurement is reported, the run goes on
         rec["error"] = f"{type(e).__name__}: {e}"
         log(f"  {sc.name} {c.name}: ERROR {rec['error']}")
         traceback.print_exc(limit=2, file=sys.stderr)
         return rec
-    wall = time.monotonic() - t0
-    cpu = {"proxy": c.cpu() - p0, "backends": backends.cpu() - b0, "generators": children_cpu() - g0, "wall": wall}
-    cpu["other"] = max(0.0, machine_busy() - m0 - cpu["proxy"] - cpu["backends"] - cpu["generators"])
+    spent = window.cpu()
+    cpu = {k: spent[k] for k in ("proxy", "backends", "generators", "wall")}
+    cpu["other"] = max(0.0, spent["machine"] - cpu["proxy"] - cpu["backends"] - cpu["generators"])
+    wall = cpu["wall"]
     rec.update(metrics=m.metrics, work=m.work, extra=m.extra, errors=m.errors, cpu=cpu)
     if sc.name.startswith("ws_") and getattr(c, "tunnel_log", None):
         time.sleep(0.7)  # tunnel records are flushed on the worker's next tick (0.5 s)
@@ -171,6 +175,12 @@ def measure(ctx: Ctx, sc: Scenario, c: Contender, backends: Backends, rnd: int) 
         f"other {other_used:.2f}"
         + (" (inconclusive)" if rec["inconclusive"] else "") + (f"; {m.errors} errors" if m.errors else ""))
     return rec
+
+
+def cpu_reading(c: Contender, backends: Backends) -> dict[str, float]:
+    """CPU-seconds so far of the contender, the backends, the generators and the machine; the clock."""
+    return {"proxy": c.cpu(), "backends": backends.cpu(), "generators": generators_cpu(),
+            "machine": machine_busy(), "wall": time.monotonic()}
 
 
 def machine_busy() -> float:

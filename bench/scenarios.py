@@ -1,9 +1,12 @@
 """The scenarios of `bench run`: each measures one contender once and returns its figures.
 
-A scenario function takes (Ctx, Contender) and returns a `Measure`: named metrics, the
-work done (requests, bytes or messages) to put CPU-seconds against, and extras (latency
-percentiles, tunnel spread, errors). The runner wraps each call with CPU readings of the
-proxy, the backends and the generators. Every load loop is bounded by count and time.
+A scenario function takes (Ctx, Contender, Window) and returns a `Measure`: named metrics,
+the work done (requests, bytes or messages) to put CPU-seconds against, and extras (latency
+percentiles, tunnel spread, errors). The CPU of the proxy, the backends and the generators
+is read where the Window opens and closes: a scenario with a warm-up opens it where the
+work it counts begins and closes it where that work ends, so the CPU and the work cover the
+same interval; one without a warm-up leaves it open around the whole call. Every load loop
+is bounded by count and time.
 """
 
 from __future__ import annotations
@@ -45,6 +48,30 @@ class Measure:
     errors: int = 0
 
 
+class Window:
+    """The measured window of one scenario call, as CPU readings where it opens and closes.
+
+    `read` returns CPU-seconds so far by part (and "wall": the monotonic clock); `cpu()` gives
+    what each part spent between the two readings. The runner opens the window before the call
+    and closes it after, unless the scenario closed it itself."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self.read = read
+        self.begin: dict[str, float] = {}
+        self.end: dict[str, float] = {}
+
+    def open(self) -> None:
+        self.begin, self.end = self.read(), {}
+
+    def close(self) -> None:
+        self.end = self.read()
+
+    def cpu(self) -> dict[str, float]:
+        if not self.end:
+            self.close()
+        return {k: self.end[k] - self.begin[k] for k in self.begin}
+
+
 @dataclass(frozen=True)
 class Metric:
     key: str
@@ -59,14 +86,15 @@ class Scenario:
     title: str
     metrics: tuple[Metric, ...]
     per: str                    # "request", "GB", "message" or "" (no CPU per unit)
-    fn: Callable[[Ctx, Contender], Measure]
+    fn: Callable[[Ctx, Contender, Window], Measure]
     proxies_only: bool = False
     needs: tuple[str, ...] = ()
 
 
-def wrk(ctx: Ctx, port: int, path: str, conns: int, threads: int = 2, timeout: int | None = None) -> dict[str, float]:
+def wrk(ctx: Ctx, w: Window, port: int, path: str, conns: int, threads: int = 2,
+        timeout: int | None = None) -> dict[str, float]:
     """wrk with `conns` keep-alive connections over min(threads, conns) threads, after a 1 s warm-up run
-    when ctx.warm > 0. `requests` and `seconds` are the measured run's; `all_requests` adds the warm-up's.
+    when ctx.warm > 0; the window `w` frames the measured run, whose figures these are.
     A response slower than `timeout` seconds (wrk's default: 2) counts as an error.
 
     wrk needs an fd per connection: RLIMIT_NOFILE is inherited, so raise it in this process first
@@ -80,12 +108,11 @@ def wrk(ctx: Ctx, port: int, path: str, conns: int, threads: int = 2, timeout: i
         return ["taskset", "-c", ",".join(map(str, ctx.gen_cpus)), *cmd] if ctx.gen_cpus else cmd
     seconds = max(1, round(ctx.duration))
     slack = 30 + conns // 200  # connecting thousands of sockets takes a while
-    warm_requests = 0.0
     if ctx.warm > 0:
-        r = subprocess.run(argv(1), capture_output=True, text=True, timeout=1 + slack)
-        m = _REQUESTS.search(r.stdout)
-        warm_requests = float(m.group(1)) if m else 0.0
+        subprocess.run(argv(1), capture_output=True, text=True, timeout=1 + slack)
+    w.open()
     r = subprocess.run(argv(seconds), capture_output=True, text=True, timeout=seconds + slack)
+    w.close()
     out = r.stdout
     m = _REQUESTS.search(out)
     if r.returncode != 0 or not m:
@@ -104,31 +131,29 @@ def wrk(ctx: Ctx, port: int, path: str, conns: int, threads: int = 2, timeout: i
         lm = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out, re.M)
         if lm:
             lat[pct] = float(lm.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[lm.group(2)]
-    return {"requests": reqs, "seconds": secs, "errors": float(errs), "all_requests": reqs + warm_requests,
+    return {"requests": reqs, "seconds": secs, "errors": float(errs),
             "p50_ms": lat.get("50", float("nan")), "p99_ms": lat.get("99", float("nan"))}
 
 
 _REQUESTS = re.compile(r"(\d+) requests in ([\d.]+)(m?s)")
 
 
-def http_small(conns: int, timeout: int | None = None) -> Callable[[Ctx, Contender], Measure]:
+def http_small(conns: int, timeout: int | None = None) -> Callable[[Ctx, Contender, Window], Measure]:
     """Keep-alive GETs of the 13-byte body over `conns` connections (wrk); `http_rps` is 50."""
-    def run(ctx: Ctx, c: Contender) -> Measure:
-        w = wrk(ctx, c.port_for("http"), SMALL_PATH, conns, timeout=timeout)
+    def run(ctx: Ctx, c: Contender, win: Window) -> Measure:
+        w = wrk(ctx, win, c.port_for("http"), SMALL_PATH, conns, timeout=timeout)
         return Measure({"rps": w["requests"] / w["seconds"]}, work=w["requests"],
-                       extra={"wrk_p50_ms": w["p50_ms"], "wrk_p99_ms": w["p99_ms"], "all_requests": w["all_requests"]},
-                       errors=int(w["errors"]))
+                       extra={"wrk_p50_ms": w["p50_ms"], "wrk_p99_ms": w["p99_ms"]}, errors=int(w["errors"]))
     return run
 
 
 http_rps = http_small(50)
 
 
-def http_latency(ctx: Ctx, c: Contender) -> Measure:
+def http_latency(ctx: Ctx, c: Contender, w: Window) -> Measure:
     procs = 2
     rate = ctx.offered_rate / procs
-    calls = [(httpload.open_loop, (c.port_for("http"), SMALL_PATH, rate, 25, ctx.duration, ctx.warm))] * procs
-    res = parallel(calls, ctx.duration + ctx.warm + 30, ctx.gen_cpus)
+    res, _ = run_window(ctx, w, [(httpload.open_loop, (c.port_for("http"), SMALL_PATH, rate, 25))] * procs)
     lat = array("d")
     late = errors = scheduled = 0.0
     for r in res:
@@ -145,8 +170,8 @@ def http_latency(ctx: Ctx, c: Contender) -> Measure:
                           "late": late, "scheduled": scheduled, "rate_source": ctx.rate_source})
 
 
-def http_big(ctx: Ctx, c: Contender) -> Measure:
-    w = wrk(ctx, c.port_for("http"), BIG_PATH, 8)
+def http_big(ctx: Ctx, c: Contender, win: Window) -> Measure:
+    w = wrk(ctx, win, c.port_for("http"), BIG_PATH, 8)
     nbytes = w["requests"] * (1 << 20)
     return Measure({"mbps": nbytes / w["seconds"] / 1e6}, work=nbytes / 1e9, errors=int(w["errors"]))
 
@@ -179,7 +204,8 @@ def _upload(port: int, size: int, duration: float, max_uploads: int) -> dict[str
     return {"bytes": float(done * size), "seconds": secs, "uploads": float(done)}
 
 
-def http_upload(ctx: Ctx, c: Contender) -> Measure:
+def http_upload(ctx: Ctx, c: Contender, w: Window) -> Measure:
+    """No warm-up: the window is the whole call."""
     size = 100 << 20
     res = parallel([(_upload, (c.port_for("raw"), size, ctx.duration, 50))], ctx.duration + 120, ctx.gen_cpus)[0]
     if isinstance(res, Exception):
@@ -194,45 +220,62 @@ def _spread(c: Contender) -> list[int]:
     return connections_per_process(c.workers(), c.port)
 
 
-def _run_sampling(ctx: Ctx, c: Contender, calls: list[tuple[Any, tuple[Any, ...]]], timeout: float) -> tuple[list[Any], list[int]]:
-    """Run generator processes; sample how the proxy's workers share the tunnels meanwhile."""
+def run_window(ctx: Ctx, w: Window, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+               during: Callable[[], Any] | None = None) -> tuple[list[Any], Any]:
+    """Run generator processes (`workers.parallel`) that warm up for ctx.warm, then count their work
+    for ctx.duration: each call gets the window's (start, end) on the monotonic clock as its last two
+    arguments, and `w` is opened at start and closed at end. `during()`, when given, runs once inside
+    the window (half a second in at most); the results of the calls and what `during` returned."""
+    start = time.monotonic() + ctx.warm
+    end = start + ctx.duration
+    timeout = ctx.warm + ctx.duration + 30
+    timed = [(fn, (*args, start, end)) for fn, args in calls]
     box: dict[str, list[Any]] = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", parallel(calls, timeout, ctx.gen_cpus)))
+    t = threading.Thread(target=lambda: box.setdefault("r", parallel(timed, timeout, ctx.gen_cpus)))
     t.start()
-    time.sleep(ctx.warm + min(0.5, ctx.duration / 2))
-    spread = _spread(c)
+    _sleep_until(start)
+    w.open()
+    seen = None
+    if during is not None:
+        _sleep_until(start + min(0.5, ctx.duration / 2))
+        seen = during()
+    _sleep_until(end)
+    w.close()
     t.join(timeout + 5)
-    return box.get("r", [RuntimeError("generators did not return")]), spread
+    return box.get("r", [RuntimeError("generators did not return")]), seen
 
 
-def ws_bulk(tunnels: int, procs: int = 4) -> Callable[[Ctx, Contender], Measure]:
+def _sleep_until(when: float) -> None:
+    time.sleep(max(0.0, when - time.monotonic()))
+
+
+def ws_bulk(tunnels: int, procs: int = 4) -> Callable[[Ctx, Contender, Window], Measure]:
     """64 KiB frames client -> backend over `tunnels` tunnels: one pump process per tunnel up to
     `procs` tunnels, beyond that `procs` processes sharing the tunnels (epoll)."""
-    def run(ctx: Ctx, c: Contender) -> Measure:
-        port, frame, window = c.port_for("raw"), 64 * 1024, (ctx.duration, ctx.warm)
+    def run(ctx: Ctx, c: Contender, w: Window) -> Measure:
+        port, frame = c.port_for("raw"), 64 * 1024
         calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
         if tunnels <= procs:
-            calls = [(wsload.bulk, (port, "/ws/bulk", frame, *window))] * tunnels
+            calls = [(wsload.bulk, (port, "/ws/bulk", frame))] * tunnels
         else:
             share = [tunnels // procs + (i < tunnels % procs) for i in range(procs)]
-            calls = [(wsload.bulk_many, (port, "/ws/bulk", frame, n, *window)) for n in share]
-        res, spread = _run_sampling(ctx, c, calls, ctx.duration + ctx.warm + 30)
-        total = secs = sent = 0.0
+            calls = [(wsload.bulk_many, (port, "/ws/bulk", frame, n)) for n in share]
+        res, spread = run_window(ctx, w, calls, lambda: _spread(c))
+        total = secs = 0.0
         for r in res:
             if isinstance(r, Exception):
                 raise r
             total += r["bytes"]
-            sent += r["sent"]
             secs = max(secs, r["seconds"])
         return Measure({"gbps": total / secs / 1e9}, work=total / 1e9,
-                       extra={"spread": spread, "all_gb": sent / 1e9, "pump_processes": len(calls)})
+                       extra={"spread": spread, "pump_processes": len(calls)})
     return run
 
 
-def ws_echo(ctx: Ctx, c: Contender) -> Measure:
+def ws_echo(ctx: Ctx, c: Contender, w: Window) -> Measure:
     procs, tunnels = 2, 32
-    calls = [(wsload.echo, (c.port_for("raw"), "/ws/echo", tunnels // procs, 32, ctx.duration, ctx.warm))] * procs
-    res, spread = _run_sampling(ctx, c, calls, ctx.duration + ctx.warm + 30)
+    calls = [(wsload.echo, (c.port_for("raw"), "/ws/echo", tunnels // procs, 32))] * procs
+    res, spread = run_window(ctx, w, calls, lambda: _spread(c))
     msgs = secs = errors = 0.0
     rtts = array("d")
     for r in res:
@@ -246,7 +289,7 @@ def ws_echo(ctx: Ctx, c: Contender) -> Measure:
                    work=msgs, errors=int(errors), extra={"spread": spread})
 
 
-def idle_tunnels(ctx: Ctx, c: Contender) -> Measure:
+def idle_tunnels(ctx: Ctx, c: Contender, w: Window) -> Measure:
     warm = max(50, ctx.idle_tunnels // 20)
     proc, conn = spawn(wsload.hold_idle, (c.port_for("raw"), "/ws/idle", warm, ctx.idle_tunnels), ctx.gen_cpus)
     try:
@@ -283,7 +326,8 @@ def idle_tunnels(ctx: Ctx, c: Contender) -> Measure:
                           "pss_after_mib": pss1 / 2**20})
 
 
-def reloads(ctx: Ctx, c: Contender) -> Measure:
+def reloads(ctx: Ctx, c: Contender, w: Window) -> Measure:
+    """No warm-up: the window is the whole call (every completed request counts)."""
     interval = 0.5 if ctx.quick else 1.0
     duration = ctx.reloads * interval + 2.0
     calls = [(httpload.careful, (c.port_for("http"), SMALL_PATH, 16, duration, 0.02, seed)) for seed in (1, 2)]

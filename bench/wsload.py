@@ -64,30 +64,31 @@ def _read_101(s: socket.socket) -> None:
         raise ConnectionError("bytes after the 101 before any frame was sent")
 
 
-def bulk(port: int, path: str, frame_size: int, duration: float, warm: float) -> dict[str, float]:
-    """One tunnel, sending `frame_size` frames as fast as the path takes them."""
+def bulk(port: int, path: str, frame_size: int, start: float, end: float) -> dict[str, float]:
+    """One tunnel, sending `frame_size` frames as fast as the path takes them until `end` (monotonic
+    clock); `bytes` and `seconds` count from the first send at or after `start`."""
     frame = masked_frame(bytes(frame_size))
     batch = frame * max(1, (1 << 20) // len(frame))
     s = handshake(port, path)
     s.settimeout(5.0)
     t0 = time.monotonic()
-    t_warm, t_end = t0 + warm, t0 + warm + duration
     sent = 0
     mark = None
     now = t0
-    while now < t_end:
+    while now < end:
         sent += s.send(batch)
         now = time.monotonic()
-        if mark is None and now >= t_warm:
+        if mark is None and now >= start:
             mark = (sent, now)
     s.close()
     if mark is None:
         mark = (0, t0)
-    return {"bytes": float(sent - mark[0]), "seconds": now - mark[1], "sent": float(sent)}
+    return {"bytes": float(sent - mark[0]), "seconds": now - mark[1]}
 
 
-def bulk_many(port: int, path: str, frame_size: int, tunnels: int, duration: float, warm: float) -> dict[str, float]:
-    """`tunnels` tunnels in this process, each sent `frame_size` frames whenever it can take more (epoll).
+def bulk_many(port: int, path: str, frame_size: int, tunnels: int, start: float, end: float) -> dict[str, float]:
+    """`tunnels` tunnels in this process, each sent `frame_size` frames whenever it can take more (epoll),
+    counted as `bulk` counts them.
 
     Each tunnel's stream stays whole frames: a partial send resumes where it stopped."""
     frame = masked_frame(bytes(frame_size))
@@ -102,12 +103,11 @@ def bulk_many(port: int, path: str, frame_size: int, tunnels: int, duration: flo
         offset[s.fileno()] = 0
         by_fd[s.fileno()] = s
     t0 = time.monotonic()
-    t_warm, t_end = t0 + warm, t0 + warm + duration
     sent = 0
     mark = None
     now = t0
     try:
-        while now < t_end:
+        while now < end:
             for fd, _ in ep.poll(0.2):
                 off = offset[fd]
                 try:
@@ -117,7 +117,7 @@ def bulk_many(port: int, path: str, frame_size: int, tunnels: int, duration: flo
                 sent += n
                 offset[fd] = (off + n) % len(batch)
             now = time.monotonic()
-            if mark is None and now >= t_warm:
+            if mark is None and now >= start:
                 mark = (sent, now)
     finally:
         ep.close()
@@ -125,11 +125,12 @@ def bulk_many(port: int, path: str, frame_size: int, tunnels: int, duration: flo
             s.close()
     if mark is None:
         mark = (0, t0)
-    return {"bytes": float(sent - mark[0]), "seconds": now - mark[1], "sent": float(sent)}
+    return {"bytes": float(sent - mark[0]), "seconds": now - mark[1]}
 
 
-def echo(port: int, path: str, tunnels: int, size: int, duration: float, warm: float) -> dict[str, object]:
-    """`tunnels` tunnels, each with one `size`-byte message in flight; RTTs after the warm-up."""
+def echo(port: int, path: str, tunnels: int, size: int, start: float, end: float) -> dict[str, object]:
+    """`tunnels` tunnels, each with one `size`-byte message in flight until `end` (monotonic clock);
+    messages and RTTs count the replies from `start` on."""
     msg = masked_frame(bytes(size))
     reply_len = 2 + size if size < 126 else 4 + size
     socks = [handshake(port, path) for _ in range(tunnels)]
@@ -143,7 +144,6 @@ def echo(port: int, path: str, tunnels: int, size: int, duration: float, warm: f
         by_fd[s.fileno()] = s
     rtts = array("d")
     t0 = time.monotonic()
-    t_warm, t_end = t0 + warm, t0 + warm + duration
     for s in socks:
         sent_at[s.fileno()] = time.monotonic()
         have[s.fileno()] = 0
@@ -151,7 +151,7 @@ def echo(port: int, path: str, tunnels: int, size: int, duration: float, warm: f
     done = 0
     errors = 0
     now = t0
-    while now < t_end:
+    while now < end:
         for fd, _ in ep.poll(0.2):
             s = by_fd[fd]
             try:
@@ -170,7 +170,7 @@ def echo(port: int, path: str, tunnels: int, size: int, duration: float, warm: f
                 have[fd] = got
                 continue
             have[fd] = got - reply_len
-            if now >= t_warm:
+            if now >= start:
                 rtts.append(now - sent_at[fd])
                 done += 1
             sent_at[fd] = now
@@ -179,7 +179,7 @@ def echo(port: int, path: str, tunnels: int, size: int, duration: float, warm: f
     for s in socks:
         s.close()
     ep.close()
-    return {"messages": float(done), "seconds": t_end - t_warm, "rtts": rtts.tobytes(), "errors": float(errors)}
+    return {"messages": float(done), "seconds": end - start, "rtts": rtts.tobytes(), "errors": float(errors)}
 
 
 def hold_idle(port: int, path: str, warm: int, count: int, conn, batch: int = 100) -> None:  # type: ignore[no-untyped-def]
