@@ -59,6 +59,11 @@ RECV_HEAD = 65536
 READ_AHEAD = 65536  # bytes kept from a client that sends on before its response (pipelining)
 
 
+# Host values seen by this worker and their routing form: clients repeat a handful of
+# them, and normalize_host is a regex match. Bounded; cleared when full.
+_HOSTS: dict[bytes, bytes] = {}
+
+
 def _send(sock: socket.socket, data: bytes | memoryview) -> int:
     """Bytes the kernel took; 0 when its buffer is full (the caller keeps the rest pending)."""
     try:
@@ -320,14 +325,26 @@ class ClientConnection:
             raise BodyTooLarge(f"chunked body exceeds client_max_body_size {limit}")
 
     def _host(self, head: Head) -> bytes:
-        hosts = head.headers.get_all(b"host")
-        if len(hosts) > 1:
+        headers = head.headers
+        count = headers.count(b"host")
+        if count > 1:
             raise BadRequest("several Host fields")
-        if not hosts and head.version == 11:
+        if not count and head.version == 11:
             raise BadRequest("HTTP/1.1 request without Host")
-        authority = target_host(head.target)
-        host = authority if authority is not None else (hosts[0] if hosts else b"")
-        return normalize_host(host) if host else b""
+        host = headers.get(b"host") if count else b""
+        if head.target[0] != 0x2F:  # not origin-form: an absolute-form authority wins
+            authority = target_host(head.target)
+            if authority is not None:
+                host = authority
+        if not host:
+            return b""
+        known = _HOSTS.get(host)
+        if known is None:
+            known = normalize_host(host)
+            if len(_HOSTS) >= 1024:
+                _HOSTS.clear()
+            _HOSTS[host] = known
+        return known
 
     def _read_ahead(self) -> None:
         """The request is complete: keep what the client sends next for later (pipelined

@@ -44,12 +44,18 @@ class UpstreamConn:
         self._pools = pools
 
     def close(self) -> None:
-        self._pools.loop.remove(self.fd)
+        self._leave_loop()
         self.sock.close()
 
     def abort(self) -> None:
-        self._pools.loop.remove(self.fd)
+        self._leave_loop()
         netio.abort(self.sock)
+
+    def _leave_loop(self) -> None:
+        loop = self._pools.loop
+        loop.remove(self.fd)
+        if self.timer is not None:
+            loop.disarm(self.timer)  # the wheel lets go of this connection at once
 
     # while idle in a pool
     def _on_idle_event(self, events: int) -> None:
@@ -77,7 +83,7 @@ class UpstreamPools:
         while idle:
             conn = idle.pop()
             if conn.timer is not None:
-                self.loop.disarm(conn.timer)
+                conn.timer.deadline = None  # the wheel skips it; release() re-arms it in place
             if self.loop.now - conn.idle_since > PEEK_AFTER and netio.peer_closed(conn.sock):
                 conn.close()
                 continue
@@ -115,8 +121,6 @@ class UpstreamPools:
         idle = self._idle.get(conn.name)
         if idle and conn in idle:
             idle.remove(conn)
-        if conn.timer is not None:
-            self.loop.disarm(conn.timer)
         conn.close()
 
     def close_all(self) -> None:
