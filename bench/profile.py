@@ -11,6 +11,12 @@ of a small body) and for WebSocket echo (32-byte messages through a tunnel):
    load again, then detached: syscalls / request.
 A round trip of the echo is two tunnelled messages (one each way); figures are given per
 round trip and per message. Neither window times anything: tracing slows the worker.
+
+  python -m bench profile --instructions
+
+instead prints the user-space CPU instructions per proxied request (bench.instructions:
+one connection in one process under valgrind's cachegrind), a figure that, unlike a
+timing, does not move with the machine's load: the one to compare before and after a change.
 """
 
 from __future__ import annotations
@@ -161,7 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=20000, help="HTTP requests per window (default 20000)")
     ap.add_argument("--messages", type=int, default=20000, help="echo round trips per window (default 20000)")
     ap.add_argument("--top", type=int, default=12, help="rows of the per-function/per-syscall tables")
+    ap.add_argument("--instructions", action="store_true",
+                    help="print CPU instructions per request instead (needs valgrind)")
     args = ap.parse_args(argv)
+    if args.instructions:
+        if not which("valgrind"):
+            print("valgrind missing (apt-get install valgrind): cannot count instructions", file=sys.stderr)
+            return 1
+        from .instructions import count
+        log("counting instructions under cachegrind (two runs, about 30 s)")
+        print(f"user-space instructions per proxied request: {count():,.0f}")
+        return 0
     services = Services()
     work = Path(tempfile.mkdtemp(prefix="forkproxy-profile-"))
     lines: list[str] = []

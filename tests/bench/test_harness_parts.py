@@ -7,6 +7,7 @@ import math
 import pytest
 
 from bench import report, tunetraffic
+from bench.procs import which
 from bench.profile import parse_strace
 
 STRACE = """\
@@ -66,3 +67,18 @@ def test_inconclusive_rounds_mark_the_ratio() -> None:
             r["inconclusive"] = True
     assert report.ratio_cell(rec, "http_rps", "forkproxy", "nginx", "rps").endswith("⚠")
     assert not report.ratio_cell(rec, "http_rps", "forkproxy", "direct", "rps").endswith("⚠")
+
+
+def test_instruction_harness_proxies_every_exchange_through_one_connection() -> None:
+    from bench.instructions import exchanges
+
+    assert exchanges(30, warm=5) == 30  # each response is checked whole inside
+
+
+@pytest.mark.skipif(not which("valgrind"), reason="needs valgrind (apt-get install valgrind)")
+def test_instruction_count_is_positive_and_repeatable() -> None:
+    from bench.instructions import count
+
+    first, second = count(50, 150), count(50, 150)
+    assert 10_000 < first < 5_000_000
+    assert abs(first - second) / first < 0.05  # the point of counting instructions
