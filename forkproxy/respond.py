@@ -31,8 +31,10 @@ def response_head(head: Head, client_version: int, keep_alive: bool, dechunk: bo
     dechunk: the body is de-chunked and close-delimited (an HTTP/1.0 client).
     rewrite: proxy_redirect, applied to Location and Refresh.
     """
-    items = end_to_end(head.headers, connection=head.connection)
-    if rewrite is not None:
+    headers = head.headers
+    items = end_to_end(headers, connection=head.connection)
+    lnames = headers.lnames
+    if rewrite is not None and (b"location" in lnames or b"refresh" in lnames):
         for i, (name, value) in enumerate(items):
             if name.lower() in _REWRITTEN:
                 new = rewrite(value, request_vars)

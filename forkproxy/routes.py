@@ -107,7 +107,7 @@ class Route:
         connection = head.connection
         if connection and not drop.issuperset(connection):
             drop = drop.union(connection)
-        lines += [item[0] + b": " + item[1] for ln, item in zip(headers._lnames, headers.items) if ln not in drop]
+        lines += [item[0] + b": " + item[1] for ln, item in zip(headers.lnames, headers.items) if ln not in drop]
         for prefix, template in self._fields:
             value = template.render(v)
             if value:  # a value that renders empty removes the field (as nginx)

@@ -1,5 +1,5 @@
 # Invariants: a Headers keeps every field line in received order and case, repeated
-# fields stay repeated (Set-Cookie is never joined); `_lnames[i]` is `items[i][0]`
+# fields stay repeated (Set-Cookie is never joined); `lnames[i]` is `items[i][0]`
 # lowercased. That parallel list is the index: a lookup is a C-level scan of a few
 # dozen names at most, cheaper than building a dict for every message.
 # A Headers is treated as immutable once built: code that wants a different field list
@@ -29,10 +29,10 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 
 
 class Headers:
-    __slots__ = ("_lnames", "items")
+    __slots__ = ("lnames", "items")
 
     items: list[tuple[bytes, bytes]]
-    _lnames: list[bytes]
+    lnames: list[bytes]
 
     def __init__(
         self,
@@ -41,23 +41,23 @@ class Headers:
     ) -> None:
         """`lnames`, when given, must be the lowercased names of `items` (parsers)."""
         self.items = items if items is not None else []
-        self._lnames = lnames if lnames is not None else [n.lower() for n, _ in self.items]
+        self.lnames = lnames if lnames is not None else [n.lower() for n, _ in self.items]
 
     def get(self, lname: bytes) -> bytes | None:
         """The first value of field `lname` (already lowercase), or None."""
-        lnames = self._lnames
+        lnames = self.lnames
         if lname in lnames:
             return self.items[lnames.index(lname)][1]
         return None
 
     def get_all(self, lname: bytes) -> list[bytes]:
         """Every value of field `lname`, in order, never joined."""
-        if lname not in self._lnames:
+        if lname not in self.lnames:
             return []
-        return [item[1] for ln, item in zip(self._lnames, self.items) if ln == lname]
+        return [item[1] for ln, item in zip(self.lnames, self.items) if ln == lname]
 
     def __contains__(self, lname: object) -> bool:
-        return lname in self._lnames
+        return lname in self.lnames
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,11 +70,11 @@ class Headers:
 
     def count(self, lname: bytes) -> int:
         """How many field lines are named `lname`."""
-        return self._lnames.count(lname)
+        return self.lnames.count(lname)
 
     def combined(self, lname: bytes) -> bytes | None:
         """All values of a list field joined with ", " (RFC 9110 §5.3), or None."""
-        lnames = self._lnames
+        lnames = self.lnames
         n = lnames.count(lname)
         if n == 0:
             return None
@@ -119,4 +119,4 @@ def end_to_end(
         connection = list_tokens(headers.combined(b"connection") or b"")
     if connection and not remove.issuperset(connection):
         remove = remove.union(connection)
-    return [item for ln, item in zip(headers._lnames, headers.items) if ln not in remove]
+    return [item for ln, item in zip(headers.lnames, headers.items) if ln not in remove]

@@ -258,7 +258,7 @@ class RequestParser(_HeadReader):
 
         # Presence is tested on the lowercase names first: most requests carry none
         # of these fields, and a list scan is far cheaper than a lookup call.
-        lnames = headers._lnames
+        lnames = headers.lnames
         keep_alive = version == 11
         upgrade: tuple[bytes, ...] = ()
         tokens: tuple[bytes, ...] = ()
@@ -319,7 +319,7 @@ class ResponseParser(_HeadReader):
         version, status, reason = _status_line(lines[0])
         headers = self._fields(head, lines)
 
-        lnames = headers._lnames
+        lnames = headers.lnames
         keep_alive = version == 11
         tokens: tuple[bytes, ...] = ()
         if b"connection" in lnames:
