@@ -97,11 +97,23 @@ def token_set(value: bytes) -> frozenset[bytes]:
 
 def list_tokens(value: bytes) -> tuple[bytes, ...]:
     """A comma-separated list value as lowercased elements in order, empties dropped."""
-    value = value.lower()
-    if 44 not in value:  # no comma (int membership skips the buffer protocol)
-        value = value.strip(_OWS)
-        return (value,) if value else ()
-    return tuple([t for t in map(bytes.strip, value.split(b","), repeat(_OWS)) if t])
+    tokens = _TOKENS.get(value)
+    if tokens is not None:
+        return tokens
+    low = value.lower()
+    if 44 not in low:  # no comma (int membership skips the buffer protocol)
+        low = low.strip(_OWS)
+        tokens = (low,) if low else ()
+    else:
+        tokens = tuple([t for t in map(bytes.strip, low.split(b","), repeat(_OWS)) if t])
+    if len(_TOKENS) < 256:
+        _TOKENS[value] = tokens
+    return tokens
+
+
+# The few list values heads repeat ("keep-alive", "close", "Upgrade", "chunked"), each
+# split once per worker. Bounded: values beyond the first 256 are split every time.
+_TOKENS: dict[bytes, tuple[bytes, ...]] = {}
 
 
 def end_to_end(

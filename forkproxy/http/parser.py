@@ -363,8 +363,22 @@ def _status_line(line: bytes) -> tuple[int, int, bytes]:
     """status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4).
 
     A missing SP after the code is tolerated. Reason bytes are checked with the rest
-    of the head (no controls).
+    of the head (no controls). A backend repeats a few status lines: each is parsed
+    once per worker (up to 256 of them).
     """
+    known = _STATUS_LINES.get(line)
+    if known is not None:
+        return known
+    parsed = _parse_status_line(line)
+    if len(_STATUS_LINES) < 256:
+        _STATUS_LINES[line] = parsed
+    return parsed
+
+
+_STATUS_LINES: dict[bytes, tuple[int, int, bytes]] = {}
+
+
+def _parse_status_line(line: bytes) -> tuple[int, int, bytes]:
     parts = line.split(b" ", 2)
     version = _VERSIONS.get(parts[0])
     if version is None or len(parts) < 2:
