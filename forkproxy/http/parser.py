@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from forkproxy.errors import BadRequest, HeadTooLarge, UriTooLong
 from forkproxy.http import grammar as g
-from forkproxy.http.grammar import CRLF, FIELD_BYTES, TARGET_BYTES, TCHAR_BYTES
+from forkproxy.http.grammar import FIELD_ONLY, TARGET_ONLY, TCHAR_ONLY
 from forkproxy.http.headers import Headers, list_tokens
 
 NONE, LENGTH, CHUNKED, CLOSE = 0, 1, 2, 3
@@ -190,12 +190,12 @@ class _HeadReader:
     def _fields(self, head: bytes, lines: list[bytes]) -> Headers:
         """Validate the whole head and split its field lines (lines[0] is the start line).
 
-        One translate over the head finds control bytes and bare CR/LF: with every
-        allowed byte deleted, what is left must be exactly the CRLFs between lines.
-        Names are checked together: their concatenation must be all tchar.
+        One translate over the head finds control bytes; CR and LF must each occur
+        exactly once per CRLF between lines (no bare CR or LF). Names are checked
+        together: their concatenation must be all tchar.
         """
         n = len(lines) - 1
-        if head.translate(None, FIELD_BYTES) != CRLF * n:
+        if 0 in head.translate(FIELD_ONLY) or head.count(b"\r") != n or head.count(b"\n") != n:
             raise BadRequest("bare CR or LF, or a control byte, in the head")
         if n > self._max_headers:
             raise HeadTooLarge(f"more than {self._max_headers} header fields")
@@ -213,7 +213,7 @@ class _HeadReader:
             # so the argument-less strip() strips exactly OWS.
             append((name, value.strip()))
             lappend(name.lower())
-        if b"" in lnames or b"".join(lnames).translate(None, TCHAR_BYTES):
+        if b"" in lnames or 0 in b"".join(lnames).translate(TCHAR_ONLY):
             raise BadRequest("empty or invalid field name")
         return Headers(items, lnames)
 
@@ -243,8 +243,8 @@ class RequestParser(_HeadReader):
         if (
             not method
             or not target
-            or method.translate(None, TCHAR_BYTES)
-            or target.translate(None, TARGET_BYTES)
+            or 0 in method.translate(TCHAR_ONLY)
+            or 0 in target.translate(TARGET_ONLY)
         ):
             raise BadRequest("malformed method or request target")
         if target[0] != 0x2F or method == b"CONNECT":  # not the common origin-form
