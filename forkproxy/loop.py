@@ -40,7 +40,8 @@ class Timer:
 
 
 class EventLoop:
-    __slots__ = ("_epoll", "_handlers", "_masks", "_buckets", "_tick", "_last_tick", "now", "running")
+    __slots__ = ("_epoll", "_handlers", "_masks", "_buckets", "_tick", "_last_tick", "_next_tick_at", "now",
+                 "running")
 
     def __init__(self, tick: float = 0.1) -> None:
         self._epoll = select.epoll()
@@ -50,6 +51,7 @@ class EventLoop:
         self._tick = tick
         self.now = time.monotonic()
         self._last_tick = int(self.now / tick)
+        self._next_tick_at = (self._last_tick + 1) * tick
         self.running = True
 
     # -- readiness ---------------------------------------------------------------
@@ -125,6 +127,7 @@ class EventLoop:
         if tick_now <= last:
             return
         self._last_tick = tick_now
+        self._next_tick_at = (tick_now + 1) * self._tick
         buckets = self._buckets
         if not buckets:
             return
@@ -162,7 +165,8 @@ class EventLoop:
             handler = handlers.get(fd)
             if handler is not None:
                 handler(ev)
-        self._run_timers()
+        if self.now >= self._next_tick_at:  # most iterations end within the current tick
+            self._run_timers()
 
     def close(self) -> None:
         self._handlers.clear()
