@@ -3,7 +3,8 @@
 State table (a connection is in exactly one state):
 
     HEAD      reading a request head           -> EXCHANGE (head parsed), LINGER (error/close)
-    EXCHANGE  request and response in flight   -> HEAD (keep-alive), tunnel (101), LINGER, closed
+    EXCHANGE  request and response in flight   -> HEAD (keep-alive, also after an answer of
+                                                  the proxy's own, see 7), tunnel (101), LINGER, closed
     LINGER    orderly close: FIN sent, discard input until EOF or a short timeout -> closed
 
 Rules:
@@ -21,6 +22,11 @@ Rules:
    never looks complete. Every orderly close of the client is a lingering close.
 6. A request that fails on a reused upstream connection before any response byte is
    retried once on a fresh connection if it is idempotent and fully in memory.
+7. An answer of the proxy's own (an error) keeps the
+   connection where nginx's would: the head was parsed, the body is entirely read, the
+   client asked for keep-alive, the worker is not draining and the status is in
+   KEEP_AFTER. Otherwise it is followed by a lingering close. The pipelined requests
+   after a kept answer are served in turn, in a loop (never by recursion).
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ LINGER_TIMEOUT = 2.0
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 RECV_HEAD = 65536
 READ_AHEAD = 65536  # bytes kept from a client that sends on before its response (pipelining)
+# Answers of the proxy's own after which the connection may stay open (rule 7): nginx's
+# ngx_http_special_response_handler drops keep-alive for 400, 413, 414, 500 and 501;
+# a 408, or a head it could not parse (431, 505), closes before that.
+KEEP_AFTER = frozenset((404, 405, 417, 502, 503, 504))
 
 
 # Host values seen by this worker and their routing form: clients repeat a handful of
@@ -136,7 +146,7 @@ class ClientConnection:
                 elif self.state == LINGER:
                     self._discard()
         except HttpError as e:
-            self._fail(e.status, str(e) or type(e).__name__)
+            self._refuse(e)
         except OSError as e:
             self._client_gone(e)
         if self.state != CLOSED:
@@ -157,7 +167,7 @@ class ClientConnection:
                 elif events & ERR:
                     raise ConnectionResetError("upstream reset the connection")
         except HttpError as e:
-            self._fail(e.status, str(e) or type(e).__name__)
+            self._refuse(e)
         except OSError as e:
             self._upstream_failed(e)
         if self.state != CLOSED:
@@ -621,6 +631,10 @@ class ClientConnection:
                 self._finish()
             elif self.state == LINGER:
                 self._linger()
+            elif self.pipelined and self.state == HEAD:
+                # a kept answer of the proxy's own is out: now the requests sent after it
+                data, self.pipelined = self.pipelined, b""
+                self._feed_head(data)
 
     def _finish(self) -> None:
         """The response is complete (it may still be in c_out): settle both sides."""
@@ -654,8 +668,26 @@ class ClientConnection:
 
     # -- errors and closing --------------------------------------------------------
 
+    def _refuse(self, e: HttpError) -> None:
+        """An HttpError ends the exchange: answer it."""
+        self._fail(e.status, str(e) or type(e).__name__)
+
     def _fail(self, status: int, why: str) -> None:
-        """Answer with a small error response if nothing was sent yet, else abort."""
+        """Answer with a small error response of the proxy's own if nothing was sent yet,
+        else abort. When the connection stays open
+        (rule 7), the requests pipelined after this one are served, and those that fail
+        at once are answered here in turn."""
+        while True:
+            try:
+                self._answer(status, why)
+                return
+            except HttpError as e:
+                status, why = e.status, str(e) or type(e).__name__
+            except OSError as e:  # sending a pipelined request upstream failed at once
+                self._upstream_failed(e)
+                return
+
+    def _answer(self, status: int, why: str) -> None:
         if self.state in (LINGER, CLOSED):
             return
         if self.state == EXCHANGE and self.resp_started:
@@ -669,18 +701,64 @@ class ClientConnection:
             self.up = None
         self.status = status
         self.state = EXCHANGE
-        self.c_out = None
-        out = error_response(status)
+        keep = head is not None and self._keeps(status)
+        out = error_response(status, keep_alive=keep)
         if head is not None and head.method == b"HEAD":
             out = out[: out.index(b"\r\n\r\n") + 4]
         try:
-            self._send_client(out)
+            self._send_client(out)  # after any interim (1xx) head still pending
         except OSError:
             self._close()
             return
         if head is not None:
             self._access_log()
-        self._linger()
+        if not keep:
+            self._linger()
+            return
+        # back to reading the next request, as _finish does after a response
+        route = self.route
+        idle = (route.location if route is not None else self.server).keepalive_timeout
+        self.state = HEAD
+        self.head = None
+        self.route = None
+        self.vars = None
+        loop = self.ctx.loop
+        loop.arm(self.timer, loop.now + idle)
+        if self.pipelined and self.c_out is None:  # else _flush_client feeds them once it is out
+            data, self.pipelined = self.pipelined, b""
+            self._feed_head(data)  # may raise for the next request: _fail answers it
+
+    def _keeps(self, status: int) -> bool:
+        """Rule 7: whether the connection stays open after answering `status` ourselves."""
+        if not self.keep_alive or self.closing or status not in KEEP_AFTER:
+            return False
+        route = self.route
+        if not (route.location if route is not None else self.server).keepalive_timeout:
+            return False  # keepalive_timeout 0 disables client keep-alive
+        if self.req_done:
+            return True
+        if self.vars is not None:
+            return False  # the body is being relayed and some of it is still unread
+        # answered before the body was looked at (a 404): the request's framing is
+        # known, so a body that has arrived whole is skipped; what follows it is kept
+        head = self.head
+        rest = self.parser.take_rest()
+        framing = head.framing  # type: ignore[union-attr]
+        if framing == NONE:
+            end = 0
+        elif framing == LENGTH:
+            end = head.length  # type: ignore[union-attr]
+            if len(rest) < end:
+                return False
+        else:
+            try:
+                end, _spans, done = ChunkedDecoder().feed(rest)
+            except HttpError:
+                return False
+            if not done:
+                return False
+        self.pipelined = rest[end:]
+        return True
 
     def _abort(self, why: str) -> None:
         log.error("aborting client %s: %s", self.remote, why)
