@@ -5,6 +5,8 @@
 #   from a parsed head can never trip it; only a bad template could).
 # - Error responses are built once at import, are immutable bytes, and carry
 #   Content-Length; "Connection: close" unless the caller keeps the connection.
+# - A redirect (nginx's slash redirect) is the same small page with a Location field;
+#   only its head is built per response.
 """Serialise request and response heads; prebuilt error responses."""
 
 from __future__ import annotations
@@ -60,23 +62,31 @@ def response_head(
     return _lines(version + b" %d " % status + reason, headers)
 
 
-def _build_error(status: int, keep_alive: bool) -> bytes:
+def _page(status: int) -> bytes:
+    """nginx's small HTML page for a status."""
     title = b"%d %s" % (status, reason(status))
-    body = (
+    return (
         b"<html>\r\n<head><title>" + title + b"</title></head>\r\n<body>\r\n<center><h1>"
         + title + b"</h1></center>\r\n<hr><center>forkproxy</center>\r\n</body>\r\n</html>\r\n"
     )
+
+
+def _build(status: int, keep_alive: bool, location: bytes | None = None) -> bytes:
+    body = _page(status) if location is None else _MOVED_PAGE
     headers = [
         (b"Server", b"forkproxy"),
         (b"Content-Type", b"text/html"),
         (b"Content-Length", b"%d" % len(body)),
-        (b"Connection", b"keep-alive" if keep_alive else b"close"),
     ]
+    if location is not None:
+        headers.append((b"Location", location))
+    headers.append((b"Connection", b"keep-alive" if keep_alive else b"close"))
     return response_head(b"HTTP/1.1", status, reason(status), headers) + body
 
 
+_MOVED_PAGE = _page(301)
 _ERRORS: dict[tuple[int, bool], bytes] = {
-    (status, keep): _build_error(status, keep)
+    (status, keep): _build(status, keep)
     for status in ERROR_STATUSES
     for keep in (False, True)
 }
@@ -88,5 +98,13 @@ def error_response(status: int, *, keep_alive: bool = False) -> bytes:
     if out is None:
         if not 400 <= status <= 599:
             raise ValueError(f"not an error status: {status}")
-        out = _build_error(status, keep_alive)
+        out = _build(status, keep_alive)
     return out
+
+
+def redirect_response(location: bytes, *, keep_alive: bool = False) -> bytes:
+    """A 301 Moved Permanently to `location`, with nginx's small page as body.
+
+    Raises ValueError if `location` holds a CR or LF.
+    """
+    return _build(301, keep_alive, location)

@@ -12,6 +12,7 @@ from forkproxy.http.writer import (
     ERROR_STATUSES,
     error_response,
     reason,
+    redirect_response,
     request_head,
     response_head,
 )
@@ -81,3 +82,19 @@ def test_other_statuses() -> None:
     assert head is not None and head.status == 418 and head.reason == b""
     with pytest.raises(ValueError):
         error_response(200)
+
+
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_redirect_response(keep_alive: bool) -> None:
+    raw = redirect_response(b"http://example.com:8000/ws/?a=1", keep_alive=keep_alive)
+    p = ResponseParser()
+    p.start(b"GET")
+    head = p.feed(raw)
+    assert head is not None
+    assert (head.status, head.reason) == (301, b"Moved Permanently")
+    assert head.headers.get(b"location") == b"http://example.com:8000/ws/?a=1"
+    assert head.framing == LENGTH and head.keep_alive is keep_alive
+    body = p.take_rest()
+    assert len(body) == head.length and b"<h1>301 Moved Permanently</h1>" in body
+    with pytest.raises(ValueError):
+        redirect_response(b"/x\r\nSet-Cookie: a=b")
