@@ -22,7 +22,7 @@ Rules:
    never looks complete. Every orderly close of the client is a lingering close.
 6. A request that fails on a reused upstream connection before any response byte is
    retried once on a fresh connection if it is idempotent and fully in memory.
-7. An answer of the proxy's own (an error) keeps the
+7. An answer of the proxy's own (an error, or nginx's slash redirect) keeps the
    connection where nginx's would: the head was parsed, the body is entirely read, the
    client asked for keep-alive, the worker is not draining and the status is in
    KEEP_AFTER. Otherwise it is followed by a lingering close. The pipelined requests
@@ -41,11 +41,11 @@ from . import netio
 from .errors import BadGateway, BadRequest, BodyTooLarge, HttpError, NotFound
 from .http.chunked import ChunkedDecoder
 from .http.parser import CHUNKED, CLOSE, LENGTH, NONE, RequestParser, ResponseParser
-from .http.writer import error_response
+from .http.writer import error_response, redirect_response
 from .log import time_local
 from .loop import ERR, IN, OUT, Timer
 from .respond import interim_head, response_head, switching_head
-from .routes import RequestVars, normalize_path, target_host
+from .routes import RequestVars, SlashRedirect, normalize_path, target_host
 from .uri import normalize_host
 from .tunnel import Tunnel
 
@@ -66,7 +66,7 @@ READ_AHEAD = 65536  # bytes kept from a client that sends on before its response
 # Answers of the proxy's own after which the connection may stay open (rule 7): nginx's
 # ngx_http_special_response_handler drops keep-alive for 400, 413, 414, 500 and 501;
 # a 408, or a head it could not parse (431, 505), closes before that.
-KEEP_AFTER = frozenset((404, 405, 417, 502, 503, 504))
+KEEP_AFTER = frozenset((301, 404, 405, 417, 502, 503, 504))
 
 
 # Host values seen by this worker and their routing form: clients repeat a handful of
@@ -287,7 +287,12 @@ class ClientConnection:
         server = ctx.router.server_for(self.listener.address, host or None)
         self.server = server
         path, args = normalize_path(head.target)
-        route = ctx.router.route(server, path)
+        try:
+            route = ctx.router.route(server, path)
+        except SlashRedirect as e:
+            self.route = e.route  # its keepalive_timeout and send_timeout apply, as in nginx
+            e.url = self._absolute(e.target, host, args)
+            raise
         if route is None:
             raise NotFound(f"no location matches {path[:200]!r}")
         self.route = route
@@ -355,6 +360,17 @@ class ClientConnection:
                 _HOSTS.clear()
             _HOSTS[host] = known
         return known
+
+    def _absolute(self, path: bytes, host: bytes, args: bytes) -> bytes:
+        """nginx's absolute_redirect (on by default): http://HOST[:PORT]PATH[?ARGS], HOST
+        the request's host (port removed; without one, the address the client reached),
+        PORT the port the connection was accepted on, left out when it is 80."""
+        if not host:
+            local = self.sock.getsockname()[0]
+            host = (f"[{local}]" if ":" in local else local).encode()
+        port = self.peer_vars[2]
+        url = b"http://" + host + (b"" if port == b"80" else b":" + port) + path
+        return url + b"?" + args if args else url
 
     def _read_ahead(self) -> None:
         """The request is complete: keep what the client sends next for later (pipelined
@@ -669,40 +685,42 @@ class ClientConnection:
     # -- errors and closing --------------------------------------------------------
 
     def _refuse(self, e: HttpError) -> None:
-        """An HttpError ends the exchange: answer it."""
-        self._fail(e.status, str(e) or type(e).__name__)
+        """An HttpError ends the exchange: answer it (a SlashRedirect carries its URL)."""
+        self._fail(e.status, str(e) or type(e).__name__, e.url if isinstance(e, SlashRedirect) else b"")
 
-    def _fail(self, status: int, why: str) -> None:
-        """Answer with a small error response of the proxy's own if nothing was sent yet,
-        else abort. When the connection stays open
+    def _fail(self, status: int, why: str, location: bytes = b"") -> None:
+        """Answer with a small response of the proxy's own (an error, or a 301 to
+        `location`) if nothing was sent yet, else abort. When the connection stays open
         (rule 7), the requests pipelined after this one are served, and those that fail
         at once are answered here in turn."""
         while True:
             try:
-                self._answer(status, why)
+                self._answer(status, why, location)
                 return
             except HttpError as e:
                 status, why = e.status, str(e) or type(e).__name__
+                location = e.url if isinstance(e, SlashRedirect) else b""
             except OSError as e:  # sending a pipelined request upstream failed at once
                 self._upstream_failed(e)
                 return
 
-    def _answer(self, status: int, why: str) -> None:
+    def _answer(self, status: int, why: str, location: bytes) -> None:
         if self.state in (LINGER, CLOSED):
             return
         if self.state == EXCHANGE and self.resp_started:
             self._abort(why)
             return
         head = self.head
-        log.error("%d: %s, client %s, request %r", status, why, self.remote,
-                  head.method + b" " + head.target[:200] if head is not None else b"-")
+        if status != 301:
+            log.error("%d: %s, client %s, request %r", status, why, self.remote,
+                      head.method + b" " + head.target[:200] if head is not None else b"-")
         if self.up is not None:
             self.up.close()
             self.up = None
         self.status = status
         self.state = EXCHANGE
         keep = head is not None and self._keeps(status)
-        out = error_response(status, keep_alive=keep)
+        out = redirect_response(location, keep_alive=keep) if location else error_response(status, keep_alive=keep)
         if head is not None and head.method == b"HEAD":
             out = out[: out.index(b"\r\n\r\n") + 4]
         try:
@@ -739,7 +757,7 @@ class ClientConnection:
             return True
         if self.vars is not None:
             return False  # the body is being relayed and some of it is still unread
-        # answered before the body was looked at (a 404): the request's framing is
+        # answered before the body was looked at (404, 301): the request's framing is
         # known, so a body that has arrived whole is skipped; what follows it is kept
         head = self.head
         rest = self.parser.take_rest()

@@ -9,6 +9,12 @@
 # - Location choice is nginx's on the normalised path: "=" wins at once; the longest
 #   prefix is remembered and wins at once if "^~"; else the first matching regex in
 #   config order; else the remembered prefix; None means 404.
+# - nginx's slash redirect (auto_redirect) is decided when the config loads: a path P
+#   such that a prefix or exact location is named P + "/" (every location proxies) and
+#   no location is named P itself maps to that location in the exact table, and route()
+#   raises SlashRedirect for it. So it wins over shorter prefixes and regexes, as in
+#   nginx, and costs nothing on a request it does not concern (configs with neither
+#   exact locations nor such names do not even look the path up).
 # - request_head removes hop-by-hop fields (and those Connection names), Host and every
 #   field set_header sets, and adds Host, set_header values and framing: the upstream
 #   sees exactly one Host and never a Transfer-Encoding the proxy did not choose.
@@ -20,12 +26,13 @@ import re
 from collections.abc import Callable
 
 from forkproxy.confmodel import Config, Location, Server, Upstream
+from forkproxy.errors import HttpError
 from forkproxy.http.headers import HOP_BY_HOP
 from forkproxy.template import Compiler, RequestVars, Template, compile_regex
 from forkproxy.uri import encode_path, normalize_path, origin_form, target_host
 
 __all__ = [
-    "RequestVars", "Route", "Router", "Template", "normalize_path", "target_host",
+    "RequestVars", "Route", "Router", "SlashRedirect", "Template", "normalize_path", "target_host",
 ]
 
 
@@ -166,6 +173,30 @@ def _redirect_map(
     return frozenset(hosts), location.proxy_pass_uri.encode(), location.pattern.encode()
 
 
+class SlashRedirect(HttpError):
+    """Raised by Router.route for nginx's slash redirect: the path is a location's name
+    without its trailing slash, so the answer is a 301 to `target` (the location's name;
+    the connection adds scheme, host, port and query). `route` is that location."""
+
+    status = 301
+
+    def __init__(self, route: Route, target: bytes) -> None:
+        super().__init__(f"redirect to location {route.location.path!r}")
+        self.route = route
+        self.target = target
+        self.url = b""  # the Location value, filled in by the connection
+
+
+class _Slash:
+    """An entry of the exact table that redirects instead of matching."""
+
+    __slots__ = ("route", "target")
+
+    def __init__(self, route: Route, target: bytes) -> None:
+        self.route = route
+        self.target = target
+
+
 _Search = Callable[[bytes], "re.Match[bytes] | None"]
 
 
@@ -175,7 +206,7 @@ class _Locations:
     __slots__ = ("exact", "lengths", "prefixes", "regexes")
 
     def __init__(self, routes: list[Route]) -> None:
-        self.exact: dict[bytes, Route] = {}
+        self.exact: dict[bytes, Route | _Slash] = {}
         self.prefixes: dict[bytes, Route] = {}
         regexes: list[tuple[_Search, Route]] = []
         for route in routes:
@@ -190,6 +221,21 @@ class _Locations:
                 regexes.append((pattern.search, route))
         self.lengths = tuple(sorted({len(p) for p in self.prefixes}, reverse=True))
         self.regexes = tuple(regexes)
+        # nginx's auto_redirect: set on every location whose name ends in "/" and whose
+        # requests proxy_pass handles; ngx_http_core_find_static_location returns it
+        # (NGX_DONE) for a URI one "/" shorter than the name, before regexes are tried,
+        # unless a location named exactly like the URI matches first (NGX_OK / NGX_AGAIN).
+        # When an exact and a prefix location share the name, the exact one is used.
+        slash: dict[bytes, Route] = {}
+        for route in routes:
+            loc = route.location
+            name = loc.pattern.encode()
+            if loc.modifier in ("", "^~", "=") and len(name) > 1 and name.endswith(b"/"):
+                if loc.modifier == "=" or name[:-1] not in slash:
+                    slash[name[:-1]] = route
+        for path, route in slash.items():
+            if path not in self.exact and path not in self.prefixes:
+                self.exact[path] = _Slash(route, route.location.pattern.encode())
 
 
 class _Names:
@@ -288,12 +334,17 @@ class Router:
         return self._addresses[listen].default
 
     def route(self, server: Server, path: bytes) -> Route | None:
-        """The location for a normalised path (nginx order), None for 404."""
+        """The location for a normalised path (nginx order), None for 404.
+
+        Raises SlashRedirect when nginx answers the path with a 301 to the path with a
+        slash appended (a location named path + "/", and none named path)."""
         table = self._locations[server.index]
         if table.exact:
-            found = table.exact.get(path)
-            if found is not None:
-                return found
+            exact = table.exact.get(path)
+            if exact is not None:
+                if isinstance(exact, _Slash):
+                    raise SlashRedirect(exact.route, exact.target)
+                return exact
         found = None
         size = len(path)
         prefixes = table.prefixes

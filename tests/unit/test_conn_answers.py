@@ -108,3 +108,15 @@ def test_pipelined_errors_behind_a_full_socket_buffer(rig: Rig) -> None:
     reply = rig.exchange(b"GET /nowhere/last HTTP/1.1\r\nHost: t\r\n\r\n")
     assert reply == one
 
+
+def test_slash_redirect_answer(rig: Rig) -> None:
+    rig.client.setblocking(False)
+    reply = rig.exchange(b"GET /ws?a=1 HTTP/1.1\r\nHost: Example.COM:8443\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 301 Moved Permanently\r\n")
+    # nginx: the request's host without its port, then the port the connection came in on
+    assert b"\r\nLocation: http://example.com:%d/ws/?a=1\r\n" % rig.port in reply
+    assert b"\r\nConnection: keep-alive\r\n" in reply
+    assert rig.conn.state == HEAD
+    reply = rig.exchange(b"GET //ws HTTP/1.0\r\n\r\n")  # no Host: the address reached
+    assert b"\r\nLocation: http://127.0.0.1:%d/ws/\r\n" % rig.port in reply
+    assert b"\r\nConnection: close\r\n" in reply

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from forkproxy.config import loads
 from forkproxy.errors import BadRequest
 from forkproxy.http.parser import Head, RequestParser
-from forkproxy.routes import RequestVars, Route, Router, normalize_path, target_host
+from forkproxy.routes import RequestVars, Route, Router, SlashRedirect, normalize_path, target_host
 from forkproxy.uri import normalize_host
 
 UPSTREAM = '[upstream.app]\nservers = ["127.0.0.1:8080"]\n'
@@ -132,6 +132,93 @@ def test_routes_match_the_normalised_path() -> None:
     path, _ = normalize_path(b"/public/..//%61dmin/./x")
     assert path == b"/admin/x"
     assert matched(r, path) == "^~ /admin/"
+
+
+# -- nginx's slash redirect (auto_redirect) ------------------------------------------
+
+
+def redirected(r: Router, path: bytes) -> tuple[str, bytes] | None:
+    """(the location redirected to, the path to redirect to), or None if `path` routes."""
+    try:
+        r.route(r.server_for(("127.0.0.1", 8000), None), path)
+    except SlashRedirect as e:
+        assert e.status == 301 and e.route.location.pattern.encode() == e.target
+        return e.route.location.path, e.target
+    return None
+
+
+def test_slash_redirect_for_the_name_without_its_slash() -> None:
+    # nginx's example: location /user/ { proxy_pass ...; } and a request for /user
+    r = router(server_with("/user/", "/"))
+    assert redirected(r, b"/user") == ("/user/", b"/user/")
+    assert matched(r, b"/user/") == "/user/"
+    assert matched(r, b"/user/x") == "/user/"
+    assert matched(r, b"/users") == "/"  # only the name minus its slash, nothing longer
+    assert matched(r, b"/use") == "/"
+    assert matched(r, b"/") == "/"
+
+
+def test_slash_redirect_without_any_other_location() -> None:
+    r = router(server_with("/ws/"))
+    assert redirected(r, b"/ws") == ("/ws/", b"/ws/")
+    assert matched(r, b"/w") is None  # 404
+
+
+def test_slash_redirect_beats_shorter_prefixes_and_regexes() -> None:
+    # NGX_DONE is returned before regex locations are tried, and over ^~ prefixes
+    r = router(server_with("^~ /", "/a/", r"~ ^/a$", r"~ .*"))
+    assert redirected(r, b"/a") == ("/a/", b"/a/")
+    r = router(server_with("/a/b/", "/a/", r"~ b$"))
+    assert redirected(r, b"/a/b") == ("/a/b/", b"/a/b/")
+    assert matched(r, b"/a/c") == "/a/"
+
+
+def test_a_location_named_like_the_path_wins_over_the_redirect() -> None:
+    # "If this is not desired, an exact match of the URI and location could be defined"
+    r = router(server_with("= /ws", "/ws/", "/"))
+    assert matched(r, b"/ws") == "= /ws"
+    # a prefix location named like the path matches it (NGX_AGAIN), so regexes apply too
+    r = router(server_with("/ws", "/ws/", r"~ s$"))
+    assert matched(r, b"/ws") == r"~ s$"
+    r = router(server_with("^~ /ws", "/ws/", r"~ s$"))
+    assert matched(r, b"/ws") == "^~ /ws"
+
+
+def test_slash_redirect_for_caret_tilde_and_exact_names() -> None:
+    r = router(server_with("^~ /static/", "/"))
+    assert redirected(r, b"/static") == ("^~ /static/", b"/static/")
+    # nginx sets auto_redirect on an exact location too; it is used before a prefix of
+    # the same name
+    r = router(server_with("/x/", "= /x/", "/"))
+    assert redirected(r, b"/x") == ("= /x/", b"/x/")
+    assert matched(r, b"/x/") == "= /x/"
+    assert matched(r, b"/x/y") == "/x/"
+
+
+def test_no_slash_redirect_for_regexes_or_the_root() -> None:
+    r = router(server_with(r"~ ^/re/", "/"))
+    assert matched(r, b"/re") == "/"
+    r = router(server_with("/"))
+    assert matched(r, b"/") == "/"
+
+
+def test_slash_redirect_is_per_server() -> None:
+    body = ('[[server]]\nlisten = ["127.0.0.1:8000"]\nserver_name = ["a"]\n'
+            '[[server.location]]\npath = "/ws/"\nproxy_pass = "http://app"\n'
+            '[[server]]\nlisten = ["127.0.0.1:8000"]\nserver_name = ["b"]\n'
+            '[[server.location]]\npath = "/"\nproxy_pass = "http://app"\n')
+    r = router(body)
+    with pytest.raises(SlashRedirect):
+        r.route(r.server_for(("127.0.0.1", 8000), b"a"), b"/ws")
+    other = r.route(r.server_for(("127.0.0.1", 8000), b"b"), b"/ws")
+    assert other is not None and other.location.path == "/"
+
+
+def test_slash_redirect_uses_the_normalised_path() -> None:
+    r = router(server_with("/ws/", "/"))
+    path, args = normalize_path(b"//x/../ws?a=1")
+    assert (path, args) == (b"/ws", b"a=1")
+    assert redirected(r, path) == ("/ws/", b"/ws/")
 
 
 def test_route_is_fast() -> None:
