@@ -170,7 +170,14 @@ def test_h2c_and_tokens_off_the_list_are_not_tunnelled(run: Any) -> None:
         c = Client(p.port)
         head = c.upgrade("/ws/", token=token)
         assert head.startswith(b"HTTP/1.1 502 "), head
-        assert c.read_to_eof().count(b"\r\n\r\n") == 0  # an error body, then EOF: no tunnel
+        assert b"\r\nConnection: keep-alive\r\n" in head  # the request was read whole, as in nginx
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert b"502 Bad Gateway" in c.read_exact(length)
+        # no tunnel: the connection still speaks HTTP/1.1
+        c.sock.sendall(b"GET /plain/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert c.head().startswith(b"HTTP/1.1 200 ")
+        assert c.read_exact(11) == b"no upgrade\n"
+        c.sock.close()
     assert all(t.done.wait(5) for t in b.tunnels)
 
 
