@@ -409,8 +409,11 @@ class ClientConnection:
         rparser.start(self.head.method)  # type: ignore[union-attr]
         if self.connecting:
             self.up_out = data
-        else:
+            return
+        try:
             self._send_upstream(data)
+        except OSError as e:  # a pooled connection the backend reset: retry or 502, not "client gone"
+            self._upstream_failed(e)
 
     def _send_upstream(self, data: bytes | memoryview) -> None:
         try:
@@ -444,7 +447,11 @@ class ClientConnection:
                 data = data[:consumed]
             self.req_done = done
             self._count_chunked(len(data))
-        self._send_upstream(data)
+        try:
+            self._send_upstream(data)
+        except OSError as e:  # the upstream's fault, not the client's
+            self._upstream_failed(e)
+            return
         if self.up_out is not None:
             self.up_out = bytes(self.up_out)  # the scratch buffer is reused by the next recv
 
