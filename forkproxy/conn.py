@@ -356,9 +356,10 @@ class ClientConnection:
         known = _HOSTS.get(host)
         if known is None:
             known = normalize_host(host)
-            if len(_HOSTS) >= 1024:
-                _HOSTS.clear()
-            _HOSTS[host] = known
+            if len(host) <= 255:  # a DNS name's length: a client cannot pin big values
+                if len(_HOSTS) >= 1024:
+                    _HOSTS.clear()
+                _HOSTS[host] = known
         return known
 
     def _absolute(self, path: bytes, host: bytes, args: bytes) -> bytes:

@@ -106,13 +106,14 @@ def list_tokens(value: bytes) -> tuple[bytes, ...]:
         tokens = (low,) if low else ()
     else:
         tokens = tuple([t for t in map(bytes.strip, low.split(b","), repeat(_OWS)) if t])
-    if len(_TOKENS) < 256:
+    if len(_TOKENS) < 256 and len(value) <= 64:
         _TOKENS[value] = tokens
     return tokens
 
 
 # The few list values heads repeat ("keep-alive", "close", "Upgrade", "chunked"), each
-# split once per worker. Bounded: values beyond the first 256 are split every time.
+# split once per worker. Bounded (256 values of at most 64 bytes, so a client cannot pin
+# more than 16 KiB); other values are split every time.
 _TOKENS: dict[bytes, tuple[bytes, ...]] = {}
 
 

@@ -370,7 +370,7 @@ def _status_line(line: bytes) -> tuple[int, int, bytes]:
     if known is not None:
         return known
     parsed = _parse_status_line(line)
-    if len(_STATUS_LINES) < 256:
+    if len(_STATUS_LINES) < 256 and len(line) <= 64:
         _STATUS_LINES[line] = parsed
     return parsed
 

@@ -88,3 +88,13 @@ def test_end_to_end_without_connection_field() -> None:
     h = Headers([(b"A", b"1"), (b"Upgrade", b"x"), (b"B", b"2")])
     assert end_to_end(h) == [(b"A", b"1"), (b"B", b"2")]
     assert end_to_end(h, frozenset({b"b"})) == [(b"A", b"1")]
+
+
+def test_list_tokens_caches_only_short_values() -> None:
+    from forkproxy.http import headers
+
+    assert list_tokens(b"Keep-Alive") == (b"keep-alive",)
+    assert list_tokens(b"Keep-Alive") is list_tokens(b"Keep-Alive")  # split once
+    long = b"a, " * 40
+    assert list_tokens(long) == (b"a",) * 40
+    assert long not in headers._TOKENS  # a client cannot pin big values in the worker
