@@ -679,6 +679,11 @@ class ClientConnection:
             self._linger()
             return
         idle = self.ctx.config.master.drain_idle_grace if self.closing else self.route.location.keepalive_timeout  # type: ignore[union-attr]
+        self._next_request(idle)
+
+    def _next_request(self, idle: float) -> None:
+        """Back to HEAD for the next request on this connection, closed after `idle`
+        without one; requests already pipelined are parsed now (and may raise)."""
         self.state = HEAD
         self.head = None
         self.rhead = None
@@ -686,7 +691,7 @@ class ClientConnection:
         self.vars = None
         loop = self.ctx.loop
         loop.arm(self.timer, loop.now + idle)
-        if self.pipelined:
+        if self.pipelined and self.c_out is None:  # else _flush_client feeds them once it is out
             data, self.pipelined = self.pipelined, b""
             self._feed_head(data)
 
@@ -741,18 +746,9 @@ class ClientConnection:
         if not keep:
             self._linger()
             return
-        # back to reading the next request, as _finish does after a response
         route = self.route
-        idle = (route.location if route is not None else self.server).keepalive_timeout
-        self.state = HEAD
-        self.head = None
-        self.route = None
-        self.vars = None
-        loop = self.ctx.loop
-        loop.arm(self.timer, loop.now + idle)
-        if self.pipelined and self.c_out is None:  # else _flush_client feeds them once it is out
-            data, self.pipelined = self.pipelined, b""
-            self._feed_head(data)  # may raise for the next request: _fail answers it
+        # a failure of the next pipelined request raises here: _fail answers it in turn
+        self._next_request((route.location if route is not None else self.server).keepalive_timeout)
 
     def _keeps(self, status: int) -> bool:
         """Rule 7: whether the connection stays open after answering `status` ourselves."""
