@@ -13,6 +13,8 @@ import struct
 # SO_LINGER with a zero timeout: close() sends RST instead of FIN (aborts only).
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 _PEEK_NOWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: IntFlag "|" runs Python code
+# struct tcp_info up to tcpi_unacked, which a listening socket fills with its accept queue length
+_TCP_INFO_UNACKED = struct.Struct("24xI")
 
 
 class Listener:
@@ -69,6 +71,12 @@ def start_connect(host: str, port: int) -> socket.socket:
 def connect_error(sock: socket.socket) -> int:
     """0 once a non-blocking connect succeeded, else its errno."""
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+def accept_queue_length(sock: socket.socket) -> int:
+    """How many connections wait in a listening TCP socket's accept queue."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_UNACKED.size)
+    return int(_TCP_INFO_UNACKED.unpack_from(info)[0])
 
 
 def set_nodelay(sock: socket.socket) -> None:

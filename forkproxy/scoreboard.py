@@ -46,6 +46,8 @@ _HEADER_SIZE = 64
 _SLOT = struct.Struct("<iiiiiiqdd")
 _SLOT_SIZE = 64
 _PID_FIELD = struct.Struct("<i")
+_LOAD = struct.Struct("<ii")  # connections, tunnels
+_LOAD_AT = 16  # their offset in a slot
 
 DEFAULT_SLOTS = 1024
 
@@ -99,6 +101,66 @@ class Slot:
         """Write the whole slot and stamp the heartbeat (cheap: one pack_into)."""
         _SLOT.pack_into(self._map, self._offset, self.pid, self.generation, self.index, state,
                         connections, tunnels, requests, time.monotonic(), self._started)
+
+    def set_load(self, connections: int, tunnels: int) -> None:
+        """Update only the counts (after each accept batch, for siblings balancing accepts)."""
+        _LOAD.pack_into(self._map, self._offset + _LOAD_AT, connections, tunnels)
+
+    def siblings(self) -> Siblings:
+        return Siblings(self._map, self.pid, self.generation)
+
+
+class Siblings:
+    """The other ready workers of a worker's generation and their published connection counts.
+
+    `refresh()` rescans the board (once per tick); `least()` rereads only the slots found,
+    and skips one that changed hands, left READY or stopped its heartbeat since."""
+
+    __slots__ = ("_map", "_pid", "_generation", "_slots")
+
+    def __init__(self, buf: mmap.mmap, pid: int, generation: int) -> None:
+        self._map = buf
+        self._pid = pid
+        self._generation = generation
+        self._slots: list[tuple[int, int]] = []  # (offset, pid)
+
+    def refresh(self) -> None:
+        buf = self._map
+        nslots = _HEADER.unpack_from(buf, 0)[2]
+        found = []
+        for n in range(nslots):
+            off = _HEADER_SIZE + n * _SLOT_SIZE
+            pid, generation, _, state = _SLOT.unpack_from(buf, off)[:4]
+            if pid > 0 and pid != self._pid and generation == self._generation and state == READY:
+                found.append((off, pid))
+        self._slots = found
+
+    def __bool__(self) -> bool:
+        return bool(self._slots)
+
+    def ignore(self, pid: int) -> None:
+        """Leave a sibling out until the next refresh (it did not answer a kick)."""
+        self._slots = [(off, p) for off, p in self._slots if p != pid]
+
+    def load_of(self, pid: int) -> int | None:
+        for off, p in self._slots:
+            fields = _SLOT.unpack_from(self._map, off)
+            if fields[0] == p == pid:
+                return int(fields[4] + fields[5])
+        return None
+
+    def least(self, now: float, stale_after: float) -> tuple[int, int] | None:
+        """(connections + tunnels, pid) of the least-loaded live sibling, or None."""
+        best: tuple[int, int] | None = None
+        buf = self._map
+        for off, pid in self._slots:
+            fields = _SLOT.unpack_from(buf, off)
+            if fields[0] != pid or fields[3] != READY or now - fields[7] > stale_after:
+                continue
+            load = fields[4] + fields[5]
+            if best is None or load < best[0]:
+                best = (load, pid)
+        return best
 
 
 class Scoreboard:

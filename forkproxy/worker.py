@@ -9,6 +9,13 @@ Invariants:
   kernel wakes the first idle waiter in the listener's queue, and re-adding moves this
   worker to the back, so long-lived connections spread instead of piling onto one. Pausing accept means
   remove + add (EPOLL_CTL_MOD cannot carry EPOLLEXCLUSIVE).
+- A burst of connections (clients reconnecting at once, a load generator) is queued before
+  any other worker is woken, so re-adding alone cannot spread it. Each worker publishes its
+  connection and tunnel counts on the scoreboard after every accept batch; a worker about
+  to accept while it holds more than a sibling of its generation (beyond a small slack)
+  steps aside instead: it pauses accepting and wakes the least-loaded sibling with KICK,
+  which accepts what is queued. The one that stepped aside resumes after STEP_ASIDE, or at
+  once when kicked back. A sibling whose heartbeat is stale is not waited for.
 - Accept in batches; on EMFILE/ENFILE, or at `worker_connections`, stop accepting
   and retry on a later tick.
 - Draining: stop accepting (remove the listeners from epoll before closing this
@@ -32,7 +39,7 @@ from . import log as logs
 from .conn import ClientConnection
 from .context import WorkerContext
 from .loop import EXCLUSIVE, IN, EventLoop, Timer
-from .netio import set_nodelay
+from .netio import accept_queue_length, set_nodelay
 from .pipes import PipePool, splice_supported
 from .routes import Router
 from .scoreboard import DRAINING, EXITING, READY
@@ -48,6 +55,9 @@ log = logging.getLogger("forkproxy")
 
 TICK = 0.5                 # heartbeat, log flush, parent check
 ACCEPT_BATCH = 64
+KICK = signal.SIGURG       # "take the queued connections": ignored by default, so never fatal
+STEP_ASIDE = 0.05          # a worker that stepped aside resumes accepting after this
+SIBLING_STALE = 3 * TICK   # a sibling whose heartbeat is older is not stepped aside for
 EMFILE_BACKOFF = 0.5
 _ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -61,8 +71,9 @@ def _set_title(text: str) -> None:
 
 
 class Worker:
-    __slots__ = ("ctx", "listeners", "slot", "signals", "stopping", "final_window",
-                 "ppid", "accepting", "tick_timer", "wake_r", "wake_w", "servers", "title", "cap")
+    __slots__ = ("ctx", "listeners", "slot", "signals", "stopping", "final_window", "ppid", "accepting",
+                 "tick_timer", "wake_r", "wake_w", "servers", "title", "cap", "siblings", "acceptors",
+                 "stepped_aside", "kicked")
 
     def __init__(self, config: Config, listeners: Sequence[Listener], index: int, generation: int,
                  slot: Slot) -> None:
@@ -88,13 +99,17 @@ class Worker:
         self.servers = {id(li): router.default_server(li.address) for li in self.listeners}
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.tick_timer = Timer(self._tick)
+        self.siblings = slot.siblings() if m.workers > 1 else None
+        self.stepped_aside = Timer(self._after_step_aside)
+        self.kicked: tuple[int, int] | None = None  # (its load, pid) of the sibling we stepped aside for
+        self.acceptors = {li.sock.fileno(): self._acceptor(li) for li in self.listeners}
 
     # -- signals -----------------------------------------------------------------
 
     def install_signals(self) -> None:
         for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)
-        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, KICK):
             signal.signal(sig, self._record)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
@@ -120,42 +135,84 @@ class Worker:
                 logs.reopen_logs()
             elif sig == signal.SIGUSR2 and self.ctx.draining:
                 self._start_final_window()
+            elif sig == KICK:
+                self._kicked()
 
     # -- accepting ---------------------------------------------------------------
 
     def _resume_accept(self) -> None:
-        if self.accepting or self.ctx.draining:
-            return
         loop = self.ctx.loop
-        for li in self.listeners:
-            loop.add(li.sock.fileno(), IN | EXCLUSIVE, self._acceptor(li))
+        loop.disarm(self.stepped_aside)
+        if self.accepting or self.ctx.draining or self.stopping:
+            return
+        for fd, acceptor in self.acceptors.items():
+            loop.add(fd, IN | EXCLUSIVE, acceptor)
         self.accepting = True
 
     def _pause_accept(self) -> None:
         if not self.accepting:
             return
         loop = self.ctx.loop
-        for li in self.listeners:
-            loop.remove(li.sock.fileno())
+        for fd in self.acceptors:
+            loop.remove(fd)
         self.accepting = False
+
+    def _publish_load(self) -> None:
+        stats = self.ctx.stats
+        self.slot.set_load(stats.connections, stats.tunnels)
+
+    def _step_aside(self, sibling: tuple[int, int]) -> None:
+        """Leave the queued connections to a less-loaded sibling and wake it."""
+        ctx = self.ctx
+        self._publish_load()
+        self._pause_accept()
+        self.kicked = sibling
+        ctx.loop.arm(self.stepped_aside, ctx.loop.now + STEP_ASIDE)
+        try:
+            os.kill(sibling[1], KICK)
+        except OSError:  # it has just exited; the timer resumes us
+            pass
+
+    def _after_step_aside(self) -> None:
+        kicked, self.kicked = self.kicked, None
+        if kicked is not None and self.siblings is not None and self.siblings.load_of(kicked[1]) == kicked[0]:
+            self.siblings.ignore(kicked[1])  # it took nothing (stopped, busy): not waited for until the next tick
+        self._resume_accept()
+
+    def _kicked(self) -> None:
+        """A sibling stepped aside: take what is queued (unless paused for another reason)."""
+        if self.stepped_aside.deadline is not None:
+            self.kicked = None
+            self._resume_accept()
+        if self.accepting:
+            for acceptor in list(self.acceptors.values()):
+                acceptor(IN)
 
     def _acceptor(self, li: Listener):  # type: ignore[no-untyped-def]
         lsock = li.sock
         server = self.servers[id(li)]
         ctx = self.ctx
         live = ctx.live
+        siblings = self.siblings
 
         fd = lsock.fileno()
         loop = ctx.loop
-        rotate = ctx.config.master.workers > 1
+        rotate = siblings is not None
 
         def on_accept(events: int) -> None:
             accepted = 0
             try:
                 for _ in range(ACCEPT_BATCH):
-                    if len(live) >= self.cap:
+                    load = len(live)
+                    if load >= self.cap:
                         self._pause_accept()
                         return
+                    if siblings:
+                        least = siblings.least(loop.now, SIBLING_STALE)
+                        if least is not None and load > least[0] + 1 + least[0] // 8:
+                            if accept_queue_length(lsock):
+                                self._step_aside(least)
+                            return
                     try:
                         sock, addr = lsock.accept()
                     except (BlockingIOError, InterruptedError):
@@ -205,8 +262,15 @@ class Worker:
             self._publish(DRAINING)
         else:
             self._publish(READY)
-            if not self.accepting and len(ctx.live) < self.cap:
+            if self.siblings is not None:
+                self.siblings.refresh()
+            if not self.accepting and len(ctx.live) < self.cap and self.stepped_aside.deadline is None:
                 self._resume_accept()
+            if self.accepting:
+                # a stopped sibling still parked in epoll_wait takes EPOLLEXCLUSIVE wake-ups
+                # it never acts on: look at the queue ourselves once a tick
+                for acceptor in list(self.acceptors.values()):
+                    acceptor(IN)
         if not self.stopping:
             loop.arm(self.tick_timer, loop.now + TICK)
 
@@ -222,6 +286,7 @@ class Worker:
         for li in self.listeners:
             li.sock.close()  # the master keeps its copy; ours is out of epoll already
         self.listeners = []
+        self.acceptors = {}
         for c in list(ctx.live):
             c.drain()
         self._publish(DRAINING)
@@ -271,10 +336,17 @@ class Worker:
         self._resume_accept()
         loop.arm(self.tick_timer, loop.now + TICK)
         self._publish(READY)
+        if self.siblings is not None:
+            self.siblings.refresh()
         gc.collect()
+        live = ctx.live
+        published = -1
         while loop.running:
             loop.run_once()
-            if ctx.draining and not ctx.live:
+            if len(live) != published and self.siblings is not None:
+                published = len(live)  # siblings balance accepts on it
+                self._publish_load()
+            if ctx.draining and not live:
                 self.stop("drained")
         self.slot.publish(state=EXITING, connections=0, tunnels=ctx.stats.tunnels, requests=ctx.stats.requests)
         logs.flush_logs()

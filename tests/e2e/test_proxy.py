@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -400,6 +402,12 @@ def test_keepalive_timeout_zero_disables_client_keepalive(make_proxy, backend):
         assert c.closed_by_peer() == "eof"
 
 
+def _per_worker(proxy) -> list[int]:
+    """Established client connections held by each worker, fewest first."""
+    return sorted(len([k for k in p.net_connections("tcp") if k.laddr.port == proxy.port
+                       and k.status == "ESTABLISHED"]) for p in proxy.workers())
+
+
 def test_long_lived_connections_spread_over_workers(make_proxy, backend):
     proxy = make_proxy(config(backend.port), workers=2)
     conns = []
@@ -409,13 +417,54 @@ def test_long_lived_connections_spread_over_workers(make_proxy, backend):
             assert c.request().status == 200
             conns.append(c)
             time.sleep(0.05)
-
-        def per_worker() -> list[int]:
-            return sorted(len([k for k in p.net_connections("tcp") if k.laddr.port == proxy.port
-                               and k.status == "ESTABLISHED"]) for p in proxy.workers())
-
-        counts = per_worker()
+        counts = _per_worker(proxy)
         assert sum(counts) == 8 and min(counts) >= 2, counts
     finally:
+        for c in conns:
+            c.close()
+
+
+def test_a_burst_of_connections_spreads_over_workers(make_proxy, backend):
+    """48 connections opened at once are all queued before a second worker would wake;
+    the worker that has more steps aside for its sibling (without it: 48/0 most times)."""
+    proxy = make_proxy(config(backend.port), workers=2)
+    time.sleep(1.0)  # workers learn their siblings from the scoreboard at their next tick
+    socks = []
+    try:
+        for _ in range(48):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", proxy.port))
+            socks.append(s)
+        wait_until(lambda: sum(_per_worker(proxy)) == 48, 10, "48 accepted connections")
+        counts = _per_worker(proxy)
+        assert min(counts) >= 16, counts
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_stopped_worker_does_not_hold_up_accepts(make_proxy, backend):
+    """A sibling that stops (SIGSTOP, a stall) never answers when asked to take the queued
+    connections: the other worker takes them after a short wait, not after the stall."""
+    proxy = make_proxy(config(backend.port), workers=2)
+    time.sleep(1.0)
+    conns = [Conn(proxy.port) for _ in range(4)]
+    stopped = proxy.workers()[0].pid
+    try:
+        for c in conns:
+            assert c.request().status == 200
+        os.kill(stopped, signal.SIGSTOP)
+        waits = []
+        for _ in range(10):
+            start = time.monotonic()
+            c = Conn(proxy.port)
+            conns.append(c)
+            assert c.request().status == 200
+            waits.append(time.monotonic() - start)
+        # stepping aside costs ~0.1 s once per tick; the stall would last the heartbeat limit (1.5 s)
+        assert max(waits) < 1.0, waits
+    finally:
+        os.kill(stopped, signal.SIGCONT)
         for c in conns:
             c.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,48 @@ def test_not_a_scoreboard(tmp_path: Path) -> None:
     bad.write_bytes(b"x" * 200)
     with pytest.raises(ValueError):
         sb.Scoreboard.open(str(bad))
+
+
+def _worker(board: sb.Scoreboard, pid: int, generation: int, state: int, connections: int,
+            tunnels: int = 0) -> sb.Slot:
+    n = board.reserve(generation=generation, index=0)
+    board.set_pid(n, pid)
+    slot = board.slot(n, generation, 0)
+    slot.pid = pid  # stand-ins for other processes
+    slot.publish(state=state, connections=connections, tunnels=tunnels, requests=0)
+    return slot
+
+
+def test_siblings_see_only_ready_workers_of_their_generation(tmp_path: Path) -> None:
+    board = sb.Scoreboard.create(str(tmp_path / "board"), nslots=8)
+    me = _worker(board, 100, 2, sb.READY, 9)
+    _worker(board, 101, 2, sb.READY, 7, tunnels=3)   # load 10
+    _worker(board, 102, 2, sb.READY, 4, tunnels=2)   # load 6: the least
+    _worker(board, 103, 2, sb.DRAINING, 0)           # not accepting
+    _worker(board, 104, 1, sb.READY, 0)              # an older generation
+    siblings = me.siblings()
+    assert not siblings and siblings.least(0.0, 1.0) is None  # nothing until the first refresh
+    siblings.refresh()
+    now = time.monotonic()  # the heartbeat clock
+    assert siblings.least(now, 60.0) == (6, 102)
+    assert siblings.load_of(101) == 10 and siblings.load_of(103) is None
+
+
+def test_siblings_follow_published_load_and_skip_stale_or_replaced_ones(tmp_path: Path) -> None:
+    board = sb.Scoreboard.create(str(tmp_path / "board"), nslots=8)
+    me = _worker(board, 100, 1, sb.READY, 0)
+    a = _worker(board, 101, 1, sb.READY, 5)
+    b = _worker(board, 102, 1, sb.READY, 3)
+    siblings = me.siblings()
+    siblings.refresh()
+    now = time.monotonic()
+    assert siblings.least(now, 60.0) == (3, 102)
+    b.set_load(8, 1)  # b accepted a burst: a is now the least loaded
+    assert siblings.least(now, 60.0) == (5, 101)
+    assert siblings.least(now + 120.0, 60.0) is None  # every heartbeat stale
+    siblings.ignore(101)  # a did not answer a kick
+    assert siblings.least(now, 60.0) == (9, 102)
+    siblings.refresh()
+    assert siblings.least(now, 60.0) == (5, 101)
+    a.publish(state=sb.DRAINING, connections=5, tunnels=0, requests=0)
+    assert siblings.least(now, 60.0) == (9, 102)  # left READY since the refresh
