@@ -734,8 +734,10 @@ class ClientConnection:
         self.state = EXCHANGE
         keep = head is not None and self._keeps(status)
         out = redirect_response(location, keep_alive=keep) if location else error_response(status, keep_alive=keep)
+        body_at = out.index(b"\r\n\r\n") + 4
         if head is not None and head.method == b"HEAD":
-            out = out[: out.index(b"\r\n\r\n") + 4]
+            out = out[:body_at]
+        self.sent = len(out) - body_at  # the access log's body bytes
         try:
             self._send_client(out)  # after any interim (1xx) head still pending
         except OSError:

@@ -80,13 +80,18 @@ def test_404_then_200_on_the_same_connection(shared) -> None:  # type: ignore[no
     with Conn(proxy.port) as c:
         r = c.request("GET", "/nowhere")
         assert r.status == 404 and r.header("connection") == "keep-alive"
+        page = len(r.body)
         r = c.request("GET", "/app/x")
         assert r.status == 200 and r.body == b"ok /app/x"
-    wait_until(lambda: len(access_lines(proxy)) >= before + 2, 5, "two access log lines")
-    time.sleep(0.2)  # a third line (a duplicate) would have been written by now
+        assert c.request("HEAD", "/nowhere").status == 404
+    wait_until(lambda: len(access_lines(proxy)) >= before + 3, 5, "three access log lines")
+    time.sleep(0.2)  # a fourth line (a duplicate) would have been written by now
     lines = access_lines(proxy)[before:]
-    assert len(lines) == 2, lines  # one line per request, the 404 included
-    assert '"GET /nowhere HTTP/1.1" 404' in lines[0] and '"GET /app/x HTTP/1.1" 200' in lines[1]
+    assert len(lines) == 3, lines  # one line per request, the 404s included
+    # the body bytes sent, as nginx's $body_bytes_sent: the error page's, none for HEAD
+    assert f'"GET /nowhere HTTP/1.1" 404 {page} ' in lines[0] and page > 0
+    assert '"GET /app/x HTTP/1.1" 200 9 ' in lines[1]
+    assert '"HEAD /nowhere HTTP/1.1" 404 0 ' in lines[2]
 
 
 def test_502_from_a_dead_upstream_then_200_on_the_same_connection(shared) -> None:  # type: ignore[no-untyped-def]
