@@ -20,6 +20,9 @@ Rules:
    enforces follows from the state (see `_timeout`).
 5. An upstream that dies mid-response aborts the client (RST): an aborted response
    never looks complete. Every orderly close of the client is a lingering close.
+   A response body of known length with at least SPLICE_MIN bytes still to come moves
+   upstream -> pipe -> client with os.splice (no copy through Python); while the pipe
+   holds bytes, `c_out` is PIPED, so rules 1 and 2 read the same for both paths.
 6. A request that fails on a reused upstream connection before any response byte is
    retried once on a fresh connection if it is idempotent and fully in memory.
 7. An answer of the proxy's own (an error, or nginx's slash redirect) keeps the
@@ -69,6 +72,16 @@ READ_AHEAD = 65536  # bytes kept from a client that sends on before its response
 KEEP_AFTER = frozenset((301, 404, 405, 417, 502, 503, 504))
 
 
+SPLICE_MIN = 65536  # smaller bodies are copied: one recv/send, no pipe taken
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MOVE", 1)
+
+
+class _Piped(bytes):
+    """The type of PIPED: an empty bytes object with an identity of its own."""
+
+
+PIPED: bytes = _Piped()  # c_out while the pending bytes are in the splice pipe, not in memory
+
 # Host values seen by this worker and their routing form: clients repeat a handful of
 # them, and normalize_host is a regex match. Bounded; cleared when full.
 _HOSTS: dict[bytes, bytes] = {}
@@ -90,6 +103,7 @@ class ClientConnection:
         "head", "route", "vars", "up", "connecting", "req_left", "req_total", "req_chunks", "req_done",
         "replay", "retried", "rparser", "rhead", "resp_left", "resp_chunks", "dechunk",
         "resp_started", "resp_done", "keep_alive", "status", "sent", "t0", "up_addr", "attempt",
+        "pipe", "piped",
     )
 
     def __init__(self, ctx: WorkerContext, sock: socket.socket, addr: tuple[str, int],
@@ -121,6 +135,8 @@ class ClientConnection:
         self.resp_started = False
         self.req_chunks: ChunkedDecoder | None = None
         self.resp_chunks: ChunkedDecoder | None = None
+        self.pipe: tuple[int, int] | None = None  # lent by ctx.pipes while a body is spliced
+        self.piped = 0  # bytes in that pipe
         ctx.live.add(self)
         ctx.stats.connections += 1
         ctx.loop.add(self.fd, IN, self._on_client)
@@ -472,7 +488,10 @@ class ClientConnection:
             return
         view = self.ctx.scratch_view
         size = len(view)
-        if self.resp_chunks is None and self.rhead.framing == LENGTH:
+        if self.rhead.framing == LENGTH:
+            if self.pipe is not None or (self.resp_left >= SPLICE_MIN and self._take_pipe()):
+                self._splice_response()
+                return
             size = min(size, self.resp_left)
         try:
             n = up.sock.recv_into(view, size)  # type: ignore[union-attr]
@@ -482,6 +501,47 @@ class ClientConnection:
             self._upstream_eof()
             return
         self._relay_response_body(view[:n])
+
+    def _take_pipe(self) -> bool:
+        pipes = self.ctx.pipes
+        if pipes is None:
+            return False
+        self.pipe = pipes.get()
+        return self.pipe is not None
+
+    def _splice_response(self) -> None:
+        """Upstream -> pipe, then write first: pipe -> client (rule 5)."""
+        pipe = self.pipe
+        try:
+            n = os.splice(self.up.fd, pipe[1], min(self.resp_left, self.ctx.pipes.pipe_size),  # type: ignore[union-attr,index]
+                          flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return
+        if n == 0:
+            self._upstream_eof()
+            return
+        self.resp_left -= n
+        self.resp_done = self.resp_left == 0
+        self.sent += n
+        self.piped = n
+        self.c_out = PIPED
+        self._flush_pipe()
+        if self.resp_done:
+            self._finish()
+
+    def _flush_pipe(self) -> None:
+        """Pipe -> client; once the pipe is empty, c_out is None (and the pipe goes back
+        to the pool when the body is complete)."""
+        try:
+            m = os.splice(self.pipe[0], self.fd, self.piped, flags=_SPLICE_FLAGS)  # type: ignore[index]
+        except (BlockingIOError, InterruptedError):
+            return
+        self.piped -= m
+        if self.piped == 0:
+            self.c_out = None
+            if self.resp_done:
+                self.ctx.pipes.put(self.pipe)  # type: ignore[union-attr,arg-type]
+                self.pipe = None
 
     def _feed_response(self, data: bytes) -> None:
         rparser = self.rparser
@@ -648,8 +708,11 @@ class ClientConnection:
 
     def _flush_client(self) -> None:
         data = self.c_out
-        n = _send(self.sock, data)  # type: ignore[arg-type]
-        self.c_out = data[n:] if n < len(data) else None  # type: ignore[index,arg-type]
+        if data is PIPED:
+            self._flush_pipe()
+        else:
+            n = _send(self.sock, data)  # type: ignore[arg-type]
+            self.c_out = data[n:] if n < len(data) else None  # type: ignore[index,arg-type]
         if self.c_out is None:
             if self.state == EXCHANGE and self.resp_done:
                 self._finish()
@@ -830,6 +893,9 @@ class ClientConnection:
     def _detach(self) -> None:
         """Leave the loop and the live set without closing the socket (abort/tunnel)."""
         ctx = self.ctx
+        if self.pipe is not None:  # a body cut short: the pipe may hold bytes of it
+            ctx.pipes.kill(self.pipe)  # type: ignore[union-attr]
+            self.pipe = None
         ctx.loop.remove(self.fd)
         ctx.loop.disarm(self.timer)
         ctx.live.discard(self)
