@@ -7,6 +7,10 @@ loop runs, an in-process backend (a blocking socket) answers with an nginx-like 
 13-byte body, the loop runs again, the client reads the response. Nothing else runs in
 the process, so the instructions executed per exchange are the same on every run.
 
+With `unique=True` every response head is new (an `X-Request-Id` field differs), so the
+worker's cache of repeated response heads (http/parser.py) never hits: the figure a
+backend that stamps each response gets.
+
 `count()` runs that loop under `valgrind --tool=cachegrind` (no cache simulation) for two
 request counts and returns the difference divided by the difference of counts: start-up,
 imports and warm-up cancel out. The figure includes the client's and backend's own socket
@@ -44,7 +48,7 @@ proxy_pass = "http://app"
 """
 
 
-def exchanges(n: int, warm: int = 200) -> int:
+def exchanges(n: int, warm: int = 200, unique: bool = False) -> int:
     """Proxy `warm` then `n` requests through one in-process ClientConnection; returns n.
 
     Raises AssertionError if a response does not arrive whole.
@@ -73,7 +77,7 @@ def exchanges(n: int, warm: int = 200) -> int:
     conn = ClientConnection(ctx, accepted, addr, Listener(listen, ("127.0.0.1", 0)), config.servers[0])
     upstream: socket.socket | None = None
     try:
-        for _ in range(warm + n):
+        for i in range(warm + n):
             client.send(REQUEST)
             loop.run_once(5)  # the request is read, routed and sent (or a connect starts)
             if conn.connecting:  # a new upstream connection (first request, keepalive_requests)
@@ -83,7 +87,10 @@ def exchanges(n: int, warm: int = 200) -> int:
                 loop.run_once(5)  # connected: the request goes out
             assert upstream is not None
             upstream.recv(65536)
-            upstream.send(RESPONSE)
+            if unique:
+                upstream.send(RESPONSE.replace(b"\r\n\r\n", b"\r\nX-Request-Id: %08d\r\n\r\n" % i, 1))
+            else:
+                upstream.send(RESPONSE)
             loop.run_once(5)  # the response is read and relayed
             got = client.recv(65536)
             assert got.endswith(b"hello, bench\n") and got.startswith(b"HTTP/1.1 200"), got[:200]
@@ -95,10 +102,10 @@ def exchanges(n: int, warm: int = 200) -> int:
     return n
 
 
-def _instructions(n: int) -> int:
+def _instructions(n: int, unique: bool) -> int:
     out = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         sys.executable, "-m", "bench.instructions", str(n)],
+         sys.executable, "-m", "bench.instructions", str(n)] + (["unique"] if unique else []),
         capture_output=True, text=True, timeout=600, check=True)
     m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
     if m is None:
@@ -106,10 +113,10 @@ def _instructions(n: int) -> int:
     return int(m.group(1).replace(",", ""))
 
 
-def count(low: int = 500, high: int = 2500) -> float:
+def count(low: int = 500, high: int = 2500, unique: bool = False) -> float:
     """Instructions per request: (I(high) - I(low)) / (high - low), under cachegrind."""
-    return (_instructions(high) - _instructions(low)) / (high - low)
+    return (_instructions(high, unique) - _instructions(low, unique)) / (high - low)
 
 
 if __name__ == "__main__":
-    exchanges(int(sys.argv[1]))
+    exchanges(int(sys.argv[1]), unique=sys.argv[2:] == ["unique"])

@@ -103,7 +103,7 @@ class ClientConnection:
         "head", "route", "vars", "up", "connecting", "req_left", "req_total", "req_chunks", "req_done",
         "replay", "retried", "rparser", "rhead", "resp_left", "resp_chunks", "dechunk",
         "resp_started", "resp_done", "keep_alive", "status", "sent", "t0", "up_addr", "attempt",
-        "pipe", "piped",
+        "pipe", "piped", "up_clean",
     )
 
     def __init__(self, ctx: WorkerContext, sock: socket.socket, addr: tuple[str, int],
@@ -564,6 +564,7 @@ class ClientConnection:
         client_version = self.head.version  # type: ignore[union-attr]
         framing = head.framing
         self.dechunk = framing == CHUNKED and client_version == 10
+        self.up_clean = head.keep_alive  # the upstream connection may be pooled after this response
         if framing == CLOSE or self.dechunk or not head.keep_alive or not self.req_done:
             self.keep_alive = False
         if self.closing:
@@ -600,7 +601,7 @@ class ClientConnection:
             n = len(data)
             if n > self.resp_left:
                 data = data[: self.resp_left]  # bytes beyond the declared length: never forwarded
-                head.keep_alive = False  # type: ignore[union-attr]
+                self.up_clean = False
                 n = self.resp_left
             self.resp_left -= n
             self.resp_done = self.resp_left == 0
@@ -608,7 +609,7 @@ class ClientConnection:
             consumed, spans, done = self.resp_chunks.feed(data)  # type: ignore[union-attr]
             self.resp_done = done
             if consumed < len(data):
-                head.keep_alive = False  # type: ignore[union-attr]
+                self.up_clean = False
             data = data[:consumed]
             if self.dechunk:
                 out = b"".join([data[a:b] for a, b in spans])
@@ -728,7 +729,7 @@ class ClientConnection:
         up = self.up
         if up is not None:
             rhead = self.rhead
-            clean = (self.req_done and rhead is not None and rhead.keep_alive
+            clean = (self.req_done and rhead is not None and self.up_clean
                      and rhead.framing in (LENGTH, CHUNKED, NONE) and self.up_out is None)
             self.up = None
             if clean:

@@ -32,12 +32,19 @@ def response_head(head: Head, client_version: int, keep_alive: bool, dechunk: bo
     rewrite: proxy_redirect, applied to Location and Refresh.
     """
     headers = head.headers
-    items = end_to_end(headers, connection=head.connection)
     lnames = headers.lnames
-    if rewrite is not None and (b"location" in lnames or b"refresh" in lnames):
+    rewritten = rewrite is not None and (b"location" in lnames or b"refresh" in lnames)
+    # a repeated upstream head is one Head object (parser.py): the head built from it
+    # last time is reused when the same choices apply and nothing is rewritten
+    choices = keep_alive + 2 * (client_version == 10) + 4 * dechunk
+    last = head.rebuilt
+    if last is not None and last[0] == choices and not rewritten:
+        return last[1]
+    items = end_to_end(headers, connection=head.connection)
+    if rewritten:
         for i, (name, value) in enumerate(items):
             if name.lower() in _REWRITTEN:
-                new = rewrite(value, request_vars)
+                new = rewrite(value, request_vars)  # type: ignore[misc]
                 if new is not None:
                     items[i] = (name, new)
     if head.framing == CHUNKED and not dechunk:
@@ -46,7 +53,10 @@ def response_head(head: Head, client_version: int, keep_alive: bool, dechunk: bo
         items.append((b"Connection", b"close"))
     elif client_version == 10:
         items.append((b"Connection", b"keep-alive"))
-    return _serialise(_HTTP11, head.status, head.reason, items)
+    out = _serialise(_HTTP11, head.status, head.reason, items)
+    if not rewritten:
+        head.rebuilt = (choices, out)
+    return out
 
 
 def interim_head(head: Head) -> bytes:

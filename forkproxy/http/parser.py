@@ -8,6 +8,11 @@
 #   from `data`; only bytes after the head are kept (until take_rest()).
 # - An idle parser holds no buffer (`buffered == 0`). Memory is bounded by max_head:
 #   a partial head is never allowed to grow past it.
+# - A Head is never changed once built. So a response head whose bytes were seen before
+#   (a backend repeats its heads; nginx's changes with its Date, once a second) is parsed
+#   once per worker: `_RESPONSES` maps the head's bytes to its Head (bounded; cleared
+#   when full; only responses to methods other than HEAD and CONNECT, whose framing
+#   depends on the head alone).
 # - A partial head is judged as it arrives (bare CR/LF, control bytes, obs-fold; the
 #   start line as soon as it is complete, the request line against max_line), so a
 #   malformed request fails promptly instead of at the size limit.
@@ -43,6 +48,7 @@ class Head:
         "length",
         "method",
         "reason",
+        "rebuilt",
         "size",
         "status",
         "target",
@@ -79,6 +85,7 @@ class Head:
         self.expect_continue = expect_continue
         self.size = size
         self.connection = connection  # the Connection field's tokens, lowercase
+        self.rebuilt: tuple[int, bytes] | None = None  # respond.py's last head built from this one
 
     def __repr__(self) -> str:
         start = (
@@ -315,6 +322,19 @@ class ResponseParser(_HeadReader):
         _status_line(line)
 
     def _parse(self, head: bytes, size: int) -> Head:
+        if self._head_request or self._connect:
+            return self._parse_new(head, size)
+        known = _RESPONSES.get(head)
+        if known is not None and len(known.headers.items) <= self._max_headers:
+            return known
+        parsed = self._parse_new(head, size)
+        if len(head) <= _RESPONSE_CACHED_MAX:
+            if len(_RESPONSES) >= _RESPONSES_MAX:
+                _RESPONSES.clear()
+            _RESPONSES[head] = parsed
+        return parsed
+
+    def _parse_new(self, head: bytes, size: int) -> Head:
         lines = head.split(b"\r\n")
         version, status, reason = _status_line(lines[0])
         headers = self._fields(head, lines)
@@ -357,6 +377,12 @@ class ResponseParser(_HeadReader):
             b"", b"", version, status, reason, headers,
             framing, length, keep_alive, upgrade, False, size, tokens,
         )
+
+
+# Response heads seen by this worker (module comment): at most 128 of at most 1 KiB each.
+_RESPONSES: dict[bytes, Head] = {}
+_RESPONSES_MAX = 128
+_RESPONSE_CACHED_MAX = 1024
 
 
 def _status_line(line: bytes) -> tuple[int, int, bytes]:
