@@ -12,7 +12,9 @@
 #   (a backend repeats its heads; nginx's changes with its Date, once a second) is parsed
 #   once per worker: `_RESPONSES` maps the head's bytes to its Head (bounded; cleared
 #   when full; only responses to methods other than HEAD and CONNECT, whose framing
-#   depends on the head alone).
+#   depends on the head alone). Likewise a request's field lines: `_REQUEST_FIELDS` maps
+#   them (with the version) to their Headers and meaning; the request line is parsed
+#   and checked every time.
 # - A partial head is judged as it arrives (bare CR/LF, control bytes, obs-fold; the
 #   start line as soon as it is complete, the request line against max_line), so a
 #   malformed request fails promptly instead of at the size limit.
@@ -259,9 +261,32 @@ class RequestParser(_HeadReader):
         return method, target, version
 
     def _parse(self, head: bytes, size: int) -> Head:
-        lines = head.split(b"\r\n")
-        method, target, version = self._request_line(lines[0])
-        headers = self._fields(head, lines)
+        nl = head.find(b"\r\n")
+        method, target, version = self._request_line(head[:nl] if nl >= 0 else head)
+        if method == b"CONNECT":
+            # RFC 9110 §9.3.6: CONNECT has no content; what follows is the tunnel's,
+            # so the connection can never carry another request.
+            headers, _, upgrade, expect_continue, _, _, tokens = self._meaning(head, version)
+            framing, length, keep_alive = NONE, 0, False
+        else:
+            fields = head[nl:] if nl >= 0 else b""
+            key = fields if version == 11 else b"1.0" + fields
+            known = _REQUEST_FIELDS.get(key)
+            if known is None or len(known[0].items) > self._max_headers:
+                known = self._meaning(head, version)
+                if len(key) <= _REQUEST_CACHED_MAX:
+                    if len(_REQUEST_FIELDS) >= _REQUEST_FIELDS_MAX:
+                        _REQUEST_FIELDS.clear()
+                    _REQUEST_FIELDS[key] = known
+            headers, keep_alive, upgrade, expect_continue, framing, length, tokens = known
+        return Head(
+            method, target, version, 0, b"", headers,
+            framing, length, keep_alive, upgrade, expect_continue, size, tokens,
+        )
+
+    def _meaning(self, head: bytes, version: int) -> _Fields:
+        """Validate and split the field lines; what they say about the message."""
+        headers = self._fields(head, head.split(b"\r\n"))
 
         # Presence is tested on the lowercase names first: most requests carry none
         # of these fields, and a list scan is far cheaper than a lookup call.
@@ -291,14 +316,7 @@ class RequestParser(_HeadReader):
             framing = CHUNKED
         elif b"content-length" in lnames:
             framing, length = LENGTH, _content_length(headers.combined(b"content-length") or b"")
-        if method == b"CONNECT":
-            # RFC 9110 §9.3.6: CONNECT has no content; what follows is the tunnel's,
-            # so the connection can never carry another request.
-            framing, length, keep_alive = NONE, 0, False
-        return Head(
-            method, target, version, 0, b"", headers,
-            framing, length, keep_alive, upgrade, expect_continue, size, tokens,
-        )
+        return headers, keep_alive, upgrade, expect_continue, framing, length, tokens
 
 
 class ResponseParser(_HeadReader):
@@ -379,6 +397,13 @@ class ResponseParser(_HeadReader):
         )
 
 
+# headers, keep_alive, upgrade, expect_continue, framing, length, Connection tokens
+_Fields = tuple[Headers, bool, tuple[bytes, ...], bool, int, int, tuple[bytes, ...]]
+# The field lines of requests seen by this worker (a client repeats them; only the
+# request line changes) and what they mean: at most 128 of at most 1 KiB each.
+_REQUEST_FIELDS: dict[bytes, _Fields] = {}
+_REQUEST_FIELDS_MAX = 128
+_REQUEST_CACHED_MAX = 1024
 # Response heads seen by this worker (module comment): at most 128 of at most 1 KiB each.
 _RESPONSES: dict[bytes, Head] = {}
 _RESPONSES_MAX = 128

@@ -694,3 +694,56 @@ def test_arbitrary_bytes_raise_only_http_errors(data: bytes, cuts: list[int]) ->
             p.eof()
         except HttpError:
             pass
+
+
+# -- field lines a worker has seen before --------------------------------------
+
+def _request(raw: bytes, max_headers: int = 100) -> Head:
+    head = RequestParser(max_headers=max_headers).feed(raw)
+    assert head is not None
+    return head
+
+
+def test_repeated_request_fields_are_split_once_and_the_request_line_every_time() -> None:
+    fields = b"Host: a.example\r\nUser-Agent: t\r\nContent-Length: 3\r\n\r\nabc"
+    one = _request(b"POST /one HTTP/1.1\r\n" + fields)
+    two = _request(b"PUT /two?x HTTP/1.1\r\n" + fields)
+    assert (one.method, one.target, two.method, two.target) == (b"POST", b"/one", b"PUT", b"/two?x")
+    assert two.headers is one.headers and two.framing == LENGTH and two.length == 3
+    for bad in (b"GET /a b HTTP/1.1\r\n", b"GET /\x01 HTTP/1.1\r\n", b"G\rT / HTTP/1.1\r\n", b"GET / HTTP/1.2\r\n"):
+        with pytest.raises(BadRequest):
+            _request(bad + fields)
+
+
+def test_request_fields_mean_what_their_version_and_method_say() -> None:
+    fields = b"Host: b.example\r\nConnection: keep-alive\r\n\r\n"
+    assert _request(b"GET / HTTP/1.1\r\n" + fields).keep_alive
+    assert _request(b"GET / HTTP/1.0\r\n" + fields).keep_alive
+    close = b"Host: b.example\r\n\r\n"
+    assert _request(b"GET / HTTP/1.1\r\n" + close).keep_alive
+    assert not _request(b"GET / HTTP/1.0\r\n" + close).keep_alive
+    chunked = b"Host: b.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert _request(b"POST / HTTP/1.1\r\n" + chunked).framing == CHUNKED
+    with pytest.raises(BadRequest):
+        _request(b"POST / HTTP/1.0\r\n" + chunked)
+    connect = _request(b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\nContent-Length: 5\r\n\r\n")
+    assert (connect.framing, connect.keep_alive) == (NONE, False)
+    again = _request(b"POST / HTTP/1.1\r\nHost: b.example:443\r\nContent-Length: 5\r\n\r\n")
+    assert (again.framing, again.length, again.keep_alive) == (LENGTH, 5, True)
+
+
+def test_request_fields_seen_before_still_meet_the_limits() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: c\r\nA: 1\r\nB: 2\r\n\r\n"
+    _request(raw)
+    with pytest.raises(HeadTooLarge):
+        _request(raw, max_headers=2)
+
+
+def test_the_request_fields_cache_is_bounded() -> None:
+    from forkproxy.http import parser as p
+
+    for i in range(3 * p._REQUEST_FIELDS_MAX):
+        _request(b"GET / HTTP/1.1\r\nHost: d\r\nCookie: %d\r\n\r\n" % i)
+        assert len(p._REQUEST_FIELDS) <= p._REQUEST_FIELDS_MAX
+    big = b"GET / HTTP/1.1\r\nHost: d\r\nCookie: " + b"c" * p._REQUEST_CACHED_MAX + b"\r\n\r\n"
+    assert _request(big).headers is not _request(big).headers
