@@ -11,7 +11,7 @@ Invariants:
   remove + add (EPOLL_CTL_MOD cannot carry EPOLLEXCLUSIVE).
 - A burst of connections (clients reconnecting at once, a load generator) is queued before
   any other worker is woken, so re-adding alone cannot spread it. Each worker publishes its
-  connection and tunnel counts on the scoreboard after every accept batch; a worker about
+  connection and tunnel counts on the scoreboard whenever they change; a worker about
   to accept while it holds more than a sibling of its generation (beyond a small slack)
   steps aside instead: it pauses accepting and wakes the least-loaded sibling with KICK,
   which accepts what is queued. The one that stepped aside resumes after STEP_ASIDE, or at
@@ -99,7 +99,7 @@ class Worker:
         self.servers = {id(li): router.default_server(li.address) for li in self.listeners}
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.tick_timer = Timer(self._tick)
-        self.siblings = slot.siblings() if m.workers > 1 else None
+        self.siblings = slot.siblings()  # refreshed every tick: TTIN/TTOU change the generation
         self.stepped_aside = Timer(self._after_step_aside)
         self.kicked: tuple[int, int] | None = None  # (its load, pid) of the sibling we stepped aside for
         self.acceptors = {li.sock.fileno(): self._acceptor(li) for li in self.listeners}
@@ -175,7 +175,7 @@ class Worker:
 
     def _after_step_aside(self) -> None:
         kicked, self.kicked = self.kicked, None
-        if kicked is not None and self.siblings is not None and self.siblings.load_of(kicked[1]) == kicked[0]:
+        if kicked is not None and self.siblings.load_of(kicked[1]) == kicked[0]:
             self.siblings.ignore(kicked[1])  # it took nothing (stopped, busy): not waited for until the next tick
         self._resume_accept()
 
@@ -197,7 +197,6 @@ class Worker:
 
         fd = lsock.fileno()
         loop = ctx.loop
-        rotate = siblings is not None
 
         def on_accept(events: int) -> None:
             accepted = 0
@@ -234,7 +233,7 @@ class Worker:
                         log.info("accepted connection failed at once: %s", e)
                         sock.close()
             finally:
-                if accepted and rotate and loop.watching(fd):
+                if accepted and loop.watching(fd):
                     # EPOLLEXCLUSIVE wakes the first idle waiter in the listener's queue;
                     # re-adding moves this worker to the back, so the next connection goes
                     # to another worker (long-lived tunnels do not pile onto one)
@@ -262,8 +261,7 @@ class Worker:
             self._publish(DRAINING)
         else:
             self._publish(READY)
-            if self.siblings is not None:
-                self.siblings.refresh()
+            self.siblings.refresh()
             if not self.accepting and len(ctx.live) < self.cap and self.stepped_aside.deadline is None:
                 self._resume_accept()
             if self.accepting:
@@ -336,14 +334,13 @@ class Worker:
         self._resume_accept()
         loop.arm(self.tick_timer, loop.now + TICK)
         self._publish(READY)
-        if self.siblings is not None:
-            self.siblings.refresh()
+        self.siblings.refresh()
         gc.collect()
         live = ctx.live
         published = -1
         while loop.running:
             loop.run_once()
-            if len(live) != published and self.siblings is not None:
+            if len(live) != published:
                 published = len(live)  # siblings balance accepts on it
                 self._publish_load()
             if ctx.draining and not live:
