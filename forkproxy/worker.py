@@ -335,6 +335,8 @@ class Worker:
         loop.arm(self.tick_timer, loop.now + TICK)
         self._publish(READY)
         self.siblings.refresh()
+        for i in range(1, 11):  # siblings start within moments of each other: look again soon
+            loop.call_later(0.1 * i, self.siblings.refresh)
         gc.collect()
         live = ctx.live
         published = -1
