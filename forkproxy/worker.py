@@ -59,6 +59,7 @@ KICK = signal.SIGURG       # "take the queued connections": ignored by default, 
 STEP_ASIDE = 0.05          # a worker that stepped aside resumes accepting after this
 SIBLING_STALE = 3 * TICK   # a sibling whose heartbeat is older is not stepped aside for
 EMFILE_BACKOFF = 0.5
+INF = float("inf")
 _ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -73,7 +74,7 @@ def _set_title(text: str) -> None:
 class Worker:
     __slots__ = ("ctx", "listeners", "slot", "signals", "stopping", "final_window", "ppid", "accepting",
                  "tick_timer", "wake_r", "wake_w", "servers", "title", "cap", "siblings", "acceptors",
-                 "stepped_aside", "kicked")
+                 "stepped_aside", "kicked", "look_again")
 
     def __init__(self, config: Config, listeners: Sequence[Listener], index: int, generation: int,
                  slot: Slot) -> None:
@@ -100,6 +101,9 @@ class Worker:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.tick_timer = Timer(self._tick)
         self.siblings = slot.siblings()  # refreshed every tick: TTIN/TTOU change the generation
+        # a generation's workers start together: until the others show up on the board,
+        # look for them when accepting (at most every 10 ms)
+        self.look_again = loop.now if m.workers > 1 else INF
         self.stepped_aside = Timer(self._after_step_aside)
         self.kicked: tuple[int, int] | None = None  # (its load, pid) of the sibling we stepped aside for
         self.acceptors = {li.sock.fileno(): self._acceptor(li) for li in self.listeners}
@@ -200,6 +204,9 @@ class Worker:
 
         def on_accept(events: int) -> None:
             accepted = 0
+            if not siblings and loop.now >= self.look_again:
+                siblings.refresh()
+                self.look_again = loop.now + 0.01 if not siblings else INF  # the ticks take over
             try:
                 for _ in range(ACCEPT_BATCH):
                     load = len(live)
@@ -335,8 +342,6 @@ class Worker:
         loop.arm(self.tick_timer, loop.now + TICK)
         self._publish(READY)
         self.siblings.refresh()
-        for i in range(1, 11):  # siblings start within moments of each other: look again soon
-            loop.call_later(0.1 * i, self.siblings.refresh)
         gc.collect()
         live = ctx.live
         published = -1

@@ -427,8 +427,7 @@ def test_long_lived_connections_spread_over_workers(make_proxy, backend):
 def test_a_burst_of_connections_spreads_over_workers(make_proxy, backend):
     """48 connections opened at once are all queued before a second worker would wake;
     the worker that has more steps aside for its sibling (without it: 48/0 most times)."""
-    proxy = make_proxy(config(backend.port), workers=2)
-    time.sleep(1.0)  # workers look for their siblings on the scoreboard every 0.1 s in their first second
+    proxy = make_proxy(config(backend.port), workers=2)  # a burst right after start: siblings not seen yet
     socks = []
     try:
         for _ in range(48):
