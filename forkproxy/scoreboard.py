@@ -6,8 +6,10 @@ Invariants:
   through the inherited mapping and `forkproxy status` (or a new master after USR2) reads
   the same bytes by opening the file by name.
 - Only the master allocates and frees slots; it keeps the free list in its own memory,
-  never in the file. A worker writes only its own slot, and only with `Slot.publish`
-  (one `struct.pack_into`, at most once per timer tick and at each state change).
+  never in the file. A worker writes only its own slot: `Slot.publish` (one
+  `struct.pack_into`, at most once per timer tick and at each state change), and
+  `Slot.set_load` whenever its connection or tunnel count changes. Workers read their
+  siblings' slots (`Siblings`) to balance accepts.
 - A reserved slot has pid -1 until the master learns the child's pid; a free slot has
   pid 0. Readers skip both. Writes are not atomic: a reader may see a torn slot, which
   only ever costs one stale status line.
@@ -103,7 +105,7 @@ class Slot:
                         connections, tunnels, requests, time.monotonic(), self._started)
 
     def set_load(self, connections: int, tunnels: int) -> None:
-        """Update only the counts (after each accept batch, for siblings balancing accepts)."""
+        """Update only the counts (whenever they change; siblings balance accepts on them)."""
         _LOAD.pack_into(self._map, self._offset + _LOAD_AT, connections, tunnels)
 
     def siblings(self) -> Siblings:

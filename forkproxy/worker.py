@@ -272,8 +272,8 @@ class Worker:
             if not self.accepting and len(ctx.live) < self.cap and self.stepped_aside.deadline is None:
                 self._resume_accept()
             if self.accepting:
-                # a stopped sibling still parked in epoll_wait takes EPOLLEXCLUSIVE wake-ups
-                # it never acts on: look at the queue ourselves once a tick
+                # a safety net: a wake-up that went to a sibling which then stalled leaves
+                # connections queued; look at the queue ourselves once a tick
                 for acceptor in list(self.acceptors.values()):
                     acceptor(IN)
         if not self.stopping:
