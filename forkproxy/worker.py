@@ -188,6 +188,10 @@ class Worker:
         if self.stepped_aside.deadline is not None:
             self.kicked = None
             self._resume_accept()
+        self._take_queued()
+
+    def _take_queued(self) -> None:
+        """Accept what waits in the queues now, without waiting for a wake-up."""
         if self.accepting:
             for acceptor in list(self.acceptors.values()):
                 acceptor(IN)
@@ -271,11 +275,9 @@ class Worker:
             self.siblings.refresh()
             if not self.accepting and len(ctx.live) < self.cap and self.stepped_aside.deadline is None:
                 self._resume_accept()
-            if self.accepting:
-                # a safety net: a wake-up that went to a sibling which then stalled leaves
-                # connections queued; look at the queue ourselves once a tick
-                for acceptor in list(self.acceptors.values()):
-                    acceptor(IN)
+            # a safety net: a wake-up that went to a sibling which then stalled leaves
+            # connections queued; look at the queue ourselves once a tick
+            self._take_queued()
         if not self.stopping:
             loop.arm(self.tick_timer, loop.now + TICK)
 
