@@ -30,6 +30,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from forkproxy.errors import BadRequest, HeadTooLarge, UriTooLong
 from forkproxy.http import grammar as g
 from forkproxy.http.grammar import FIELD_ONLY, TARGET_ONLY, TCHAR_ONLY
@@ -273,11 +275,7 @@ class RequestParser(_HeadReader):
             key = fields if version == 11 else b"1.0" + fields
             known = _REQUEST_FIELDS.get(key)
             if known is None or len(known[0].items) > self._max_headers:
-                known = self._meaning(head, version)
-                if len(key) <= _REQUEST_CACHED_MAX:
-                    if len(_REQUEST_FIELDS) >= _REQUEST_FIELDS_MAX:
-                        _REQUEST_FIELDS.clear()
-                    _REQUEST_FIELDS[key] = known
+                known = _remember(_REQUEST_FIELDS, key, self._meaning(head, version))
             headers, keep_alive, upgrade, expect_continue, framing, length, tokens = known
         return Head(
             method, target, version, 0, b"", headers,
@@ -345,12 +343,7 @@ class ResponseParser(_HeadReader):
         known = _RESPONSES.get(head)
         if known is not None and len(known.headers.items) <= self._max_headers:
             return known
-        parsed = self._parse_new(head, size)
-        if len(head) <= _RESPONSE_CACHED_MAX:
-            if len(_RESPONSES) >= _RESPONSES_MAX:
-                _RESPONSES.clear()
-            _RESPONSES[head] = parsed
-        return parsed
+        return _remember(_RESPONSES, head, self._parse_new(head, size))
 
     def _parse_new(self, head: bytes, size: int) -> Head:
         lines = head.split(b"\r\n")
@@ -400,14 +393,23 @@ class ResponseParser(_HeadReader):
 # headers, keep_alive, upgrade, expect_continue, framing, length, Connection tokens
 _Fields = tuple[Headers, bool, tuple[bytes, ...], bool, int, int, tuple[bytes, ...]]
 # The field lines of requests seen by this worker (a client repeats them; only the
-# request line changes) and what they mean: at most 128 of at most 1 KiB each.
+# request line changes) and what they mean, and the response heads seen by this worker
+# (module comment). Each holds at most CACHED_HEADS entries of at most CACHED_HEAD_MAX bytes.
 _REQUEST_FIELDS: dict[bytes, _Fields] = {}
-_REQUEST_FIELDS_MAX = 128
-_REQUEST_CACHED_MAX = 1024
-# Response heads seen by this worker (module comment): at most 128 of at most 1 KiB each.
 _RESPONSES: dict[bytes, Head] = {}
-_RESPONSES_MAX = 128
-_RESPONSE_CACHED_MAX = 1024
+CACHED_HEADS = 128
+CACHED_HEAD_MAX = 1024
+
+_T = TypeVar("_T")
+
+
+def _remember(cache: dict[bytes, _T], key: bytes, value: _T) -> _T:
+    """Keep `value` for a short `key`; a full cache is emptied, so a client cannot grow it."""
+    if len(key) <= CACHED_HEAD_MAX:
+        if len(cache) >= CACHED_HEADS:
+            cache.clear()
+        cache[key] = value
+    return value
 
 
 def _status_line(line: bytes) -> tuple[int, int, bytes]:

@@ -742,8 +742,8 @@ def test_request_fields_seen_before_still_meet_the_limits() -> None:
 def test_the_request_fields_cache_is_bounded() -> None:
     from forkproxy.http import parser as p
 
-    for i in range(3 * p._REQUEST_FIELDS_MAX):
+    for i in range(3 * p.CACHED_HEADS):
         _request(b"GET / HTTP/1.1\r\nHost: d\r\nCookie: %d\r\n\r\n" % i)
-        assert len(p._REQUEST_FIELDS) <= p._REQUEST_FIELDS_MAX
-    big = b"GET / HTTP/1.1\r\nHost: d\r\nCookie: " + b"c" * p._REQUEST_CACHED_MAX + b"\r\n\r\n"
+        assert len(p._REQUEST_FIELDS) <= p.CACHED_HEADS
+    big = b"GET / HTTP/1.1\r\nHost: d\r\nCookie: " + b"c" * p.CACHED_HEAD_MAX + b"\r\n\r\n"
     assert _request(big).headers is not _request(big).headers

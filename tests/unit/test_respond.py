@@ -60,10 +60,10 @@ def test_a_cached_head_still_meets_the_parsers_limits() -> None:
 
 
 def test_the_cache_is_bounded() -> None:
-    for i in range(3 * p._RESPONSES_MAX):
+    for i in range(3 * p.CACHED_HEADS):
         parse(b"HTTP/1.1 200 OK\r\nX-Request-Id: %d\r\nContent-Length: 0\r\n\r\n" % i)
-        assert len(p._RESPONSES) <= p._RESPONSES_MAX
-    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * p._RESPONSE_CACHED_MAX + b"\r\nContent-Length: 0\r\n\r\n"
+        assert len(p._RESPONSES) <= p.CACHED_HEADS
+    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * p.CACHED_HEAD_MAX + b"\r\nContent-Length: 0\r\n\r\n"
     assert parse(big) is not parse(big)
 
 
