@@ -87,14 +87,6 @@ PIPED: bytes = _Piped()  # c_out while the pending bytes are in the splice pipe,
 _HOSTS: dict[bytes, bytes] = {}
 
 
-def _send(sock: socket.socket, data: bytes | memoryview) -> int:
-    """Bytes the kernel took; 0 when its buffer is full (the caller keeps the rest pending)."""
-    try:
-        return sock.send(data)
-    except (BlockingIOError, InterruptedError):
-        return 0
-
-
 class ClientConnection:
     __slots__ = (
         "ctx", "sock", "fd", "listener", "server", "remote", "remote_port", "peer_vars", "parser",
@@ -712,7 +704,10 @@ class ClientConnection:
         if data is PIPED:
             self._flush_pipe()
         else:
-            n = _send(self.sock, data)  # type: ignore[arg-type]
+            try:
+                n = self.sock.send(data)  # type: ignore[arg-type]
+            except (BlockingIOError, InterruptedError):
+                n = 0  # the kernel's buffer is full: the rest stays pending
             self.c_out = data[n:] if n < len(data) else None  # type: ignore[index,arg-type]
         if self.c_out is None:
             if self.state == EXCHANGE and self.resp_done:
