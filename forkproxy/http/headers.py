@@ -82,18 +82,6 @@ class Headers:
             return self.items[lnames.index(lname)][1]
         return b", ".join(self.get_all(lname))
 
-    def tokens(self, lname: bytes) -> frozenset[bytes]:
-        """A comma-separated list field as lowercased tokens, empty elements dropped."""
-        value = self.combined(lname)
-        if value is None:
-            return frozenset()
-        return token_set(value)
-
-
-def token_set(value: bytes) -> frozenset[bytes]:
-    """A comma-separated list value as a set of lowercased elements, empties dropped."""
-    return frozenset(list_tokens(value))
-
 
 def list_tokens(value: bytes) -> tuple[bytes, ...]:
     """A comma-separated list value as lowercased elements in order, empties dropped."""
