@@ -19,6 +19,7 @@ calls (a constant few thousand instructions) and excludes the kernel.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -106,7 +107,8 @@ def _instructions(n: int, unique: bool) -> int:
     out = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
          sys.executable, "-m", "bench.instructions", str(n)] + (["unique"] if unique else []),
-        capture_output=True, text=True, timeout=600, check=True)
+        capture_output=True, text=True, timeout=600, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"})  # the same start-up work in every run
     m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
     if m is None:
         raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
