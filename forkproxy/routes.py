@@ -110,11 +110,19 @@ class Route:
             if value:
                 lines.append(b"Host: " + value)
         headers = head.headers
-        drop = self._drop
-        connection = head.connection
-        if connection and not drop.issuperset(connection):
-            drop = drop.union(connection)
-        lines += [item[0] + b": " + item[1] for ln, item in zip(headers.lnames, headers.items) if ln not in drop]
+        memo = headers.forwarded
+        if memo is not None and memo[0] is self:
+            forwarded = memo[1]
+        else:
+            drop = self._drop
+            connection = head.connection
+            if connection and not drop.issuperset(connection):
+                drop = drop.union(connection)
+            forwarded = b"\r\n".join(
+                [item[0] + b": " + item[1] for ln, item in zip(headers.lnames, headers.items) if ln not in drop])
+            headers.forwarded = (self, forwarded)
+        if forwarded:
+            lines.append(forwarded)
         for prefix, template in self._fields:
             value = template.render(v)
             if value:  # a value that renders empty removes the field (as nginx)

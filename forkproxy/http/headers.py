@@ -29,10 +29,13 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 
 
 class Headers:
-    __slots__ = ("lnames", "items")
+    __slots__ = ("lnames", "items", "forwarded")
 
     items: list[tuple[bytes, bytes]]
     lnames: list[bytes]
+    # the field lines a route passes upstream, joined, and that route (routes.py): a
+    # client repeats its fields, and the parser's cache gives them one Headers
+    forwarded: tuple[object, bytes] | None
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class Headers:
         """`lnames`, when given, must be the lowercased names of `items` (parsers)."""
         self.items = items if items is not None else []
         self.lnames = lnames if lnames is not None else [n.lower() for n, _ in self.items]
+        self.forwarded = None
 
     def get(self, lname: bytes) -> bytes | None:
         """The first value of field `lname` (already lowercase), or None."""
