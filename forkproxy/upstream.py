@@ -10,7 +10,9 @@ Invariants:
   comes after seconds, so a FIN that arrived since the last epoll_wait is possible
   then; under load connections idle for milliseconds and skip that syscall.
 - Idle connections expire after `keepalive_timeout`, chosen below common backends'
-  own idle timeouts so the backend is rarely the one to close first.
+  own idle timeouts so the backend is rarely the one to close first. One timer per pool
+  follows its oldest connection (the front of the list), so taking and returning a
+  connection touches no timer.
 - At most `keepalive` idle connections per upstream and worker; the oldest goes first.
   Reuse is LIFO: the most recently used socket is the least likely to be stale.
 """
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 
 class UpstreamConn:
-    __slots__ = ("sock", "fd", "name", "addr_text", "requests", "reused", "timer", "idle_since", "_pools")
+    __slots__ = ("sock", "fd", "name", "addr_text", "requests", "reused", "idle_since", "_pools")
 
     def __init__(self, sock: socket.socket, name: str, addr_text: str, pools: UpstreamPools) -> None:
         self.sock = sock
@@ -39,7 +41,6 @@ class UpstreamConn:
         self.addr_text = addr_text
         self.requests = 0
         self.reused = False
-        self.timer: Timer | None = None
         self.idle_since = 0.0
         self._pools = pools
 
@@ -52,38 +53,54 @@ class UpstreamConn:
         netio.abort(self.sock)
 
     def _leave_loop(self) -> None:
-        loop = self._pools.loop
-        loop.remove(self.fd)
-        if self.timer is not None:
-            loop.disarm(self.timer)  # the wheel lets go of this connection at once
+        self._pools.loop.remove(self.fd)
 
-    # while idle in a pool
     def _on_idle_event(self, events: int) -> None:
+        """EOF, an error or unexpected bytes while idle in a pool: close it."""
         self._pools.discard(self)
 
-    def _on_idle_timeout(self) -> None:
-        self._pools.discard(self)
+
+class _Pool:
+    """The idle connections to one upstream, oldest first, and the timer of the oldest."""
+
+    __slots__ = ("idle", "timer", "upstream", "_loop")
+
+    def __init__(self, upstream: Upstream, loop: EventLoop) -> None:
+        self.idle: list[UpstreamConn] = []
+        self.upstream = upstream
+        self.timer = Timer(self._expire)
+        self._loop = loop
+
+    def _expire(self) -> None:
+        idle = self.idle
+        timeout = self.upstream.keepalive_timeout
+        now = self._loop.now
+        while idle and idle[0].idle_since + timeout <= now:
+            idle.pop(0).close()
+        if idle:
+            self._loop.arm(self.timer, idle[0].idle_since + timeout)
 
 
 class UpstreamPools:
     """Per-worker idle pools and round-robin choice, one pool per upstream name."""
 
-    __slots__ = ("loop", "_idle", "_next")
+    __slots__ = ("loop", "_pools", "_next")
 
     def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
-        self._idle: dict[str, list[UpstreamConn]] = {}
+        self._pools: dict[str, _Pool] = {}
         self._next: dict[str, int] = {}
 
     def acquire(self, upstream: Upstream) -> UpstreamConn | None:
         """A pooled connection that still looks open, or None.
 
         It stays registered in the loop (mask IN); the caller swaps in its handler."""
-        idle = self._idle.get(upstream.name)
+        pool = self._pools.get(upstream.name)
+        if pool is None:
+            return None
+        idle = pool.idle
         while idle:
             conn = idle.pop()
-            if conn.timer is not None:
-                conn.timer.deadline = None  # the wheel skips it; release() re-arms it in place
             if self.loop.now - conn.idle_since > PEEK_AFTER and netio.peer_closed(conn.sock):
                 conn.close()
                 continue
@@ -105,25 +122,29 @@ class UpstreamPools:
         if upstream.keepalive <= 0 or conn.requests >= upstream.keepalive_requests:
             conn.close()
             return
-        idle = self._idle.setdefault(upstream.name, [])
-        if len(idle) >= upstream.keepalive:
-            self.discard(idle[0])
         loop = self.loop
+        pool = self._pools.get(upstream.name)
+        if pool is None:
+            pool = self._pools[upstream.name] = _Pool(upstream, loop)
+        idle = pool.idle
+        if len(idle) >= upstream.keepalive:
+            idle.pop(0).close()
         loop.set_handler(conn.fd, conn._on_idle_event)
         loop.modify(conn.fd, IN)
-        if conn.timer is None:
-            conn.timer = Timer(conn._on_idle_timeout)
-        loop.arm(conn.timer, loop.now + upstream.keepalive_timeout)
-        conn.idle_since = loop.now
+        conn.idle_since = now = loop.now
         idle.append(conn)
+        if pool.timer.deadline is None:
+            loop.arm(pool.timer, now + upstream.keepalive_timeout)
 
     def discard(self, conn: UpstreamConn) -> None:
-        idle = self._idle.get(conn.name)
-        if idle and conn in idle:
-            idle.remove(conn)
+        pool = self._pools.get(conn.name)
+        if pool is not None and conn in pool.idle:
+            pool.idle.remove(conn)
         conn.close()
 
     def close_all(self) -> None:
-        for idle in list(self._idle.values()):
-            for conn in list(idle):
-                self.discard(conn)
+        for pool in self._pools.values():
+            self.loop.disarm(pool.timer)
+            for conn in pool.idle:
+                conn.close()
+            pool.idle.clear()

@@ -51,3 +51,56 @@ def test_a_connection_just_released_is_handed_out_without_a_syscall() -> None:
     assert pools.acquire(upstream) is conn  # type: ignore[arg-type]
     conn.close()
     loop.close()
+
+
+def test_idle_connections_expire_oldest_first_and_the_pool_is_bounded() -> None:
+    loop = EventLoop()
+    pools = UpstreamPools(loop)
+    upstream = SimpleNamespace(name="app", keepalive=2, keepalive_requests=100, keepalive_timeout=10.0)
+    start = loop.now
+    first, b1 = _pooled(pools, upstream)
+    loop.now = start + 4
+    second, b2 = _pooled(pools, upstream)
+    loop.now = start + 6
+    third, b3 = _pooled(pools, upstream)  # over keepalive = 2: the oldest goes
+    assert first.sock.fileno() == -1 and not loop.watching(first.fd)
+    assert second.sock.fileno() != -1 and third.sock.fileno() != -1
+
+    loop.now = start + 15  # second's 10 s are up (it idled since 4), third's are not
+    loop._run_timers()
+    assert second.sock.fileno() == -1 and third.sock.fileno() != -1
+    loop.now = start + 16.5
+    loop._run_timers()
+    assert third.sock.fileno() == -1
+    assert pools.acquire(upstream) is None  # type: ignore[arg-type]
+
+    again, b4 = _pooled(pools, upstream)  # an emptied pool arms its timer again
+    loop.now += 10.5
+    loop._run_timers()
+    assert again.sock.fileno() == -1
+    for s in (b1, b2, b3, b4):
+        s.close()
+    loop.close()
+
+
+def test_a_connection_taken_and_returned_keeps_its_place_by_age() -> None:
+    loop = EventLoop()
+    pools = UpstreamPools(loop)
+    upstream = SimpleNamespace(name="app", keepalive=4, keepalive_requests=100, keepalive_timeout=10.0)
+    start = loop.now
+    old, b1 = _pooled(pools, upstream)
+    loop.now = start + 5
+    busy, b2 = _pooled(pools, upstream)
+    assert pools.acquire(upstream) is busy  # type: ignore[arg-type]  # LIFO: the newest
+    loop.now = start + 9
+    pools.release(busy, upstream)  # type: ignore[arg-type]  # idle again since 9
+    loop.now = start + 12
+    loop._run_timers()
+    assert old.sock.fileno() == -1 and busy.sock.fileno() != -1
+    loop.now = start + 19.5
+    loop._run_timers()
+    assert busy.sock.fileno() == -1
+    pools.close_all()
+    b1.close()
+    b2.close()
+    loop.close()
