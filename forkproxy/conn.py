@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from .context import WorkerContext
     from .http.parser import Head
     from .netio import Listener
+    from .routes import Route
     from .upstream import UpstreamConn
 
 log = logging.getLogger("forkproxy")
@@ -117,6 +118,8 @@ class ClientConnection:
         self.up_out: bytes | memoryview | None = None
         self.pipelined = b""
         self.up: UpstreamConn | None = None
+        self.route: Route | None = None
+        self.vars: RequestVars | None = None
         self.head: Head | None = None
         self.rhead: Head | None = None
         self.rparser: ResponseParser | None = None
@@ -234,7 +237,11 @@ class ClientConnection:
                     umask |= IN
                 loop.modify(up.fd, umask)
             loc = self.route.location  # type: ignore[union-attr]
-            loop.arm(self.timer, loop.now + getattr(loc, self._waiting_for()))
+            if self.c_out is None and not self.connecting and self.up_out is None and self.req_done:
+                timeout = loc.proxy_read_timeout  # the common case of _waiting_for, inlined
+            else:
+                timeout = getattr(loc, self._waiting_for())
+            loop.arm(self.timer, loop.now + timeout)
         elif state == HEAD:
             loop.modify(self.fd, OUT if self.c_out is not None else IN)
         elif state == LINGER:
@@ -312,7 +319,7 @@ class ClientConnection:
 
         remote_addr, remote_port, server_port = self.peer_vars
         v = self.vars = RequestVars(head, host, remote_addr, remote_port, server_port,
-                                    server.server_name[0].encode(), b"http", path, args, head.target)
+                                    route.server_name, b"http", path, args, head.target)
         chunked = head.framing == CHUNKED
         if chunked and loc.proxy_http_version == "1.0":
             raise BadRequest("a chunked request body cannot be sent to an HTTP/1.0 upstream")
@@ -349,12 +356,13 @@ class ClientConnection:
 
     def _host(self, head: Head) -> bytes:
         headers = head.headers
-        count = headers.count(b"host")
+        lnames = headers.lnames
+        count = lnames.count(b"host")
         if count > 1:
             raise BadRequest("several Host fields")
         if not count and head.version == 11:
             raise BadRequest("HTTP/1.1 request without Host")
-        host = headers.get(b"host") if count else b""
+        host = headers.items[lnames.index(b"host")][1] if count else b""
         if head.target[0] != 0x2F:  # not origin-form: an absolute-form authority wins
             authority = target_host(head.target)
             if authority is not None:
@@ -561,9 +569,7 @@ class ClientConnection:
             self.keep_alive = False
         if self.closing:
             self.keep_alive = False
-        route = self.route
-        rewrite = route.rewrite_location if route.location.proxy_redirect == "default" else None  # type: ignore[union-attr]
-        out = response_head(head, client_version, self.keep_alive, self.dechunk, rewrite, self.vars)
+        out = response_head(head, client_version, self.keep_alive, self.dechunk, self.route.rewrite, self.vars)  # type: ignore[union-attr]
         self.resp_started = True
         if framing == NONE:
             self.resp_done = True
@@ -733,7 +739,8 @@ class ClientConnection:
                 up.close()
         if self.c_out is not None:
             return  # wait for the client to take the rest; _flush_client calls back
-        self._access_log()
+        if self.ctx.access_log is not None:
+            self._access_log()
         if not self.keep_alive:
             self._linger()
             return

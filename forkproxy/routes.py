@@ -51,13 +51,16 @@ class Route:
         "_uri",
         "_version",
         "location",
+        "rewrite",
+        "server_name",
         "stop",
         "upstream",
     )
 
-    def __init__(self, location: Location, upstream: Upstream, compiler: Compiler) -> None:
+    def __init__(self, location: Location, upstream: Upstream, compiler: Compiler, server_name: str = "") -> None:
         self.location = location
         self.upstream = upstream
+        self.server_name = server_name.encode()  # $server_name: the server's first name
         # A "^~" prefix (and an exact match) ends the search without trying regexes.
         self.stop = location.modifier in ("^~", "=")
         self._prefix_len = len(location.pattern.encode())
@@ -85,6 +88,8 @@ class Route:
         self._redirect_hosts, self._redirect_from, self._redirect_to = _redirect_map(
             location, upstream
         )
+        # proxy_redirect for the response's Location and Refresh, None when off
+        self.rewrite = self.rewrite_location if self._redirect_from is not None else None
 
     def upstream_target(self, v: RequestVars) -> bytes:
         """The request target sent upstream (nginx's proxy_pass URI rule)."""
@@ -313,7 +318,7 @@ class Router:
         self.config = config
         compiler = Compiler(config.maps)
         self.routes: tuple[tuple[Route, ...], ...] = tuple(
-            tuple(Route(loc, config.upstreams[loc.proxy_pass_upstream], compiler)
+            tuple(Route(loc, config.upstreams[loc.proxy_pass_upstream], compiler, server.server_name[0])
                   for loc in server.locations)
             for server in config.servers
         )

@@ -188,9 +188,11 @@ class _HeadReader:
         """Bytes after the last returned head; the parser then holds nothing."""
         rest = self._buf
         self._buf = b""
+        if type(rest) is bytes:
+            return rest  # left by a complete head: _scan and _line_ok are reset already
         self._scan = 0
         self._line_ok = False
-        return rest if type(rest) is bytes else bytes(rest)
+        return bytes(rest)
 
     def eof(self) -> None:
         """Input ended: a partial head is an error; empty lines are not."""
