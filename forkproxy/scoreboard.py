@@ -47,6 +47,7 @@ _HEADER_SIZE = 64
 # pid, generation, index, state, connections, tunnels, requests, heartbeat, started
 _SLOT = struct.Struct("<iiiiiiqdd")
 _SLOT_SIZE = 64
+_SLOT_HEAD = struct.Struct("<iiii")  # a slot's pid, generation, index and state
 _PID_FIELD = struct.Struct("<i")
 _LOAD = struct.Struct("<ii")  # connections, tunnels
 _LOAD_AT = 16  # their offset in a slot
@@ -129,12 +130,15 @@ class Siblings:
     def refresh(self) -> None:
         buf = self._map
         nslots = _HEADER.unpack_from(buf, 0)[2]
+        with memoryview(buf) as view:  # the pids, one int per slot, read in C
+            pids = view[_HEADER_SIZE:_HEADER_SIZE + nslots * _SLOT_SIZE].cast("i")[::_SLOT_SIZE // 4].tolist()
         found = []
-        for n in range(nslots):
-            off = _HEADER_SIZE + n * _SLOT_SIZE
-            pid, generation, _, state = _SLOT.unpack_from(buf, off)[:4]
-            if pid > 0 and pid != self._pid and generation == self._generation and state == READY:
-                found.append((off, pid))
+        for n, pid in enumerate(pids):
+            if pid > 0 and pid != self._pid:
+                off = _HEADER_SIZE + n * _SLOT_SIZE
+                _, generation, _, state = _SLOT_HEAD.unpack_from(buf, off)
+                if generation == self._generation and state == READY:
+                    found.append((off, pid))
         self._slots = found
 
     def __bool__(self) -> bool:
