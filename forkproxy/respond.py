@@ -31,15 +31,17 @@ def response_head(head: Head, client_version: int, keep_alive: bool, dechunk: bo
     dechunk: the body is de-chunked and close-delimited (an HTTP/1.0 client).
     rewrite: proxy_redirect, applied to Location and Refresh.
     """
-    headers = head.headers
-    lnames = headers.lnames
-    rewritten = rewrite is not None and (b"location" in lnames or b"refresh" in lnames)
     # a repeated upstream head is one Head object (parser.py): the head built from it
-    # last time is reused when the same choices apply and nothing is rewritten
+    # last time is reused when the same choices apply (only heads without a Location or
+    # Refresh to rewrite are kept)
     choices = keep_alive + 2 * (client_version == 10) + 4 * dechunk
     last = head.rebuilt
-    if last is not None and last[0] == choices and not rewritten:
+    if last is not None and last[0] == choices:
         return last[1]
+    headers = head.headers
+    lnames = headers.lnames
+    redirects = b"location" in lnames or b"refresh" in lnames
+    rewritten = rewrite is not None and redirects
     items = end_to_end(headers, connection=head.connection)
     if rewritten:
         for i, (name, value) in enumerate(items):
@@ -54,7 +56,7 @@ def response_head(head: Head, client_version: int, keep_alive: bool, dechunk: bo
     elif client_version == 10:
         items.append((b"Connection", b"keep-alive"))
     out = _serialise(_HTTP11, head.status, head.reason, items)
-    if not rewritten:
+    if not redirects:
         head.rebuilt = (choices, out)
     return out
 
