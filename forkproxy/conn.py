@@ -48,7 +48,7 @@ from .http.writer import error_response, redirect_response
 from .log import time_local
 from .loop import ERR, IN, OUT, Timer
 from .respond import interim_head, response_head, switching_head
-from .routes import RequestVars, SlashRedirect, normalize_path, target_host
+from .routes import RequestVars, SlashRedirect, target_host
 from .uri import normalize_host
 from .tunnel import Tunnel
 
@@ -90,7 +90,7 @@ _HOSTS: dict[bytes, bytes] = {}
 
 class ClientConnection:
     __slots__ = (
-        "ctx", "sock", "fd", "listener", "server", "remote", "remote_port", "peer_vars", "parser",
+        "ctx", "sock", "fd", "listener", "servers", "server", "remote", "remote_port", "peer_vars", "parser",
         "state", "timer", "closing", "c_out", "up_out", "pipelined",
         # the current exchange
         "head", "route", "vars", "up", "connecting", "req_left", "req_total", "req_chunks", "req_done",
@@ -105,6 +105,7 @@ class ClientConnection:
         self.sock = sock
         self.fd = sock.fileno()
         self.listener = listener
+        self.servers = ctx.router.servers_at(listener.address)
         self.server = server
         self.remote = addr[0]
         self.remote_port = addr[1]
@@ -274,12 +275,10 @@ class ClientConnection:
     def _start(self, head: Head) -> None:
         ctx = self.ctx
         ctx.stats.requests += 1
-        self.t0 = time.time()
+        self.t0 = ctx.loop.now  # monotonic, read once per loop iteration
         self.head = head
         self.state = EXCHANGE
-        self.route = None
-        self.vars = None
-        self.up = None
+        # route, vars, rhead and up are None here (__init__, _next_request)
         self.connecting = False
         self.req_done = False
         self.req_chunks = None
@@ -287,7 +286,6 @@ class ClientConnection:
         self.req_total = 0
         self.replay = None
         self.retried = False
-        self.rhead = None
         self.resp_left = 0
         self.resp_chunks = None
         self.dechunk = False
@@ -299,14 +297,13 @@ class ClientConnection:
         self.keep_alive = head.keep_alive and not self.closing
 
         host = self._host(head)
-        server = ctx.router.server_for(self.listener.address, host or None)
+        server = self.servers.find(host or None)
         self.server = server
-        path, args = normalize_path(head.target)
         try:
-            route = ctx.router.route(server, path)
+            route, path, args = ctx.router.resolve(server, head.target)
         except SlashRedirect as e:
             self.route = e.route  # its keepalive_timeout and send_timeout apply, as in nginx
-            e.url = self._absolute(e.target, host, args)
+            e.url = self._absolute(e.target, host, head.target.partition(b"?")[2])
             raise
         if route is None:
             raise NotFound(f"no location matches {path[:200]!r}")
@@ -924,7 +921,7 @@ class ClientConnection:
             f'{self.remote} - - [{time_local()}] "{head.method.decode("latin-1")} {head.target.decode("latin-1")} '
             f'HTTP/{head.version // 10}.{head.version % 10}" {self.status} {self.sent} '
             f'"{(h.get(b"referer") or b"-").decode("latin-1")}" "{(h.get(b"user-agent") or b"-").decode("latin-1")}" '
-            f'{self.up_addr} {time.time() - self.t0:.3f}\n'
+            f'{self.up_addr} {time.monotonic() - self.t0:.3f}\n'
         )
 
     # -- worker hooks ------------------------------------------------------------

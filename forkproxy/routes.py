@@ -213,12 +213,21 @@ class _Slash:
 _Search = Callable[[bytes], "re.Match[bytes] | None"]
 
 
+# Paths a worker resolves repeat (the same pages, assets and endpoints): the route of a
+# raw origin-form path seen before is remembered per server, at most SEEN_PATHS entries
+# of at most SEEN_PATH_MAX bytes; the memo is emptied when full, so a client cannot grow it.
+SEEN_PATHS = 256
+SEEN_PATH_MAX = 256
+
+
 class _Locations:
     """The compiled locations of one server."""
 
-    __slots__ = ("exact", "lengths", "prefixes", "regexes")
+    __slots__ = ("exact", "lengths", "prefixes", "regexes", "seen")
 
     def __init__(self, routes: list[Route]) -> None:
+        # raw path (before "?") -> (route or None, normalised path)
+        self.seen: dict[bytes, tuple[Route | None, bytes]] = {}
         self.exact: dict[bytes, Route | _Slash] = {}
         self.prefixes: dict[bytes, Route] = {}
         regexes: list[tuple[_Search, Route]] = []
@@ -341,10 +350,35 @@ class Router:
         (normalised: lowercase, no port; None or b"" when absent)."""
         return self._addresses[listen].find(host)
 
+    def servers_at(self, listen: tuple[str, int]) -> _Names:
+        """The server choice of one address: `.find(host)` is server_for without the
+        address lookup (a connection looks it up once)."""
+        return self._addresses[listen]
+
     def default_server(self, listen: tuple[str, int]) -> Server:
         """The default_server of an address (else its first server): nginx takes the
         request-head limits and client_header_timeout from it, before Host is known."""
         return self._addresses[listen].default
+
+    def resolve(self, server: Server, target: bytes) -> tuple[Route | None, bytes, bytes]:
+        """(route or None, normalised path, args) of a request target: normalize_path and
+        route() in one, remembered for origin-form paths seen before. Raises BadRequest
+        and SlashRedirect as they do."""
+        table = self._locations[server.index]
+        if target[:1] == b"/":
+            raw, _, args = target.partition(b"?")
+            known = table.seen.get(raw)
+            if known is not None:
+                return known[0], known[1], args
+            path, args = normalize_path(target)
+            route = self.route(server, path)
+            if len(raw) <= SEEN_PATH_MAX:
+                if len(table.seen) >= SEEN_PATHS:
+                    table.seen.clear()
+                table.seen[raw] = (route, path)
+            return route, path, args
+        path, args = normalize_path(target)
+        return self.route(server, path), path, args
 
     def route(self, server: Server, path: bytes) -> Route | None:
         """The location for a normalised path (nginx order), None for 404.

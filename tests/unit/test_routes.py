@@ -536,3 +536,38 @@ def test_proxy_redirect_default_without_uri_and_off() -> None:
     assert route_for(r, v).rewrite_location(b"http://app/a/2", v) == b"http://client.example/a/2"
     v = request(b"/b/1")
     assert route_for(r, v).rewrite_location(b"http://app/x/2", v) is None
+
+
+# -- resolve: normalize_path and route, remembered per raw path ------------------------
+
+def test_resolve_agrees_with_normalize_path_and_route_and_remembers_paths() -> None:
+    r = router(server_with("^~ /admin/", "/api/", "~ \\.png$", "= /exact"))
+    server = r.server_for(("127.0.0.1", 8000), None)
+    targets = [b"/public/..//%61dmin/./x", b"/api/v1?x=1", b"/api/v1?y=2", b"/img/a.png",
+               b"/exact", b"/nowhere", b"http://h.example/api/z?q", b"/admin/x"]
+    for _ in range(2):  # the second pass is answered from the memo
+        for target in targets:
+            path, args = normalize_path(target)
+            route, got_path, got_args = r.resolve(server, target)
+            assert (route, got_path, got_args) == (r.route(server, path), path, args), target
+    table = r._locations[server.index]
+    assert b"/api/v1" in table.seen and b"/nowhere" in table.seen  # a 404 is remembered too
+    assert not any(raw.startswith(b"http") for raw in table.seen)  # absolute-form: never
+
+
+def test_resolve_raises_every_time_and_its_memo_is_bounded() -> None:
+    from forkproxy import routes
+    r = router(server_with("/ws/", "/"))
+    server = r.server_for(("127.0.0.1", 8000), None)
+    for _ in range(2):
+        with pytest.raises(SlashRedirect):
+            r.resolve(server, b"/ws")
+        with pytest.raises(BadRequest):
+            r.resolve(server, b"/../etc")
+    table = r._locations[server.index]
+    assert b"/ws" not in table.seen and b"/../etc" not in table.seen
+    for i in range(routes.SEEN_PATHS * 3):
+        r.resolve(server, b"/p%d" % i)
+        assert len(table.seen) <= routes.SEEN_PATHS
+    r.resolve(server, b"/" + b"x" * routes.SEEN_PATH_MAX)
+    assert b"/" + b"x" * routes.SEEN_PATH_MAX not in table.seen
