@@ -576,7 +576,7 @@ class ClientConnection:
         elif framing == CHUNKED:
             self.resp_chunks = ChunkedDecoder()
         if rest and not self.resp_done:
-            out += self._body_part(memoryview(rest))  # head and first body bytes in one send
+            out += self._body_part(rest)  # head and first body bytes in one send
         self._send_client(out)
         if self.resp_done:
             self._finish()
@@ -588,7 +588,7 @@ class ClientConnection:
         if self.resp_done:
             self._finish()
 
-    def _body_part(self, data: memoryview) -> bytes | memoryview:
+    def _body_part(self, data: bytes | memoryview) -> bytes | memoryview:
         """The bytes of `data` to forward to the client; advances the response framing."""
         head = self.rhead
         framing = head.framing  # type: ignore[union-attr]
@@ -728,7 +728,7 @@ class ClientConnection:
         if up is not None:
             rhead = self.rhead
             clean = (self.req_done and rhead is not None and self.up_clean
-                     and rhead.framing in (LENGTH, CHUNKED, NONE) and self.up_out is None)
+                     and rhead.framing != CLOSE and self.up_out is None)
             self.up = None
             if clean:
                 self.ctx.pools.release(up, self.route.upstream)  # type: ignore[union-attr]
