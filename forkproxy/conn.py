@@ -263,10 +263,11 @@ class ClientConnection:
         self._feed_head(data)
 
     def _feed_head(self, data: bytes) -> None:
-        fresh = self.parser.buffered == 0
-        head = self.parser.feed(data)
+        parser = self.parser
+        head = parser.feed(data)
         if head is None:
-            if fresh and self.parser.buffered:
+            held = parser.buffered
+            if held and held <= len(data):  # a head began in these bytes: its timeout starts
                 loop = self.ctx.loop
                 loop.arm(self.timer, loop.now + self.server.client_header_timeout)
             return
@@ -425,9 +426,13 @@ class ClientConnection:
             self.up_out = data
             return
         try:
-            self._send_upstream(data)
+            n = up.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
         except OSError as e:  # a pooled connection the backend reset: retry or 502, not "client gone"
             self._upstream_failed(e)
+            return
+        self.up_out = data[n:] if n < len(data) else None
 
     def _send_upstream(self, data: bytes | memoryview) -> None:
         try:
