@@ -35,9 +35,31 @@ class _Conn:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.buf = b""
-        self.due = 0.0
+        self.due = -1.0  # when the request in flight was due; -1 while idle
         self.need = -1
         self.close_after = False
+
+
+# Response heads seen and their framing (Content-Length, Connection: close): a backend
+# repeats its heads, so each is read once per process (bounded; cleared when full).
+_HEADS: dict[bytes, tuple[int, bool]] = {}
+
+
+def _framing(head: bytes) -> tuple[int, bool]:
+    known = _HEADS.get(head)
+    if known is None:
+        low = head.lower()
+        i = low.find(b"content-length:")
+        if i >= 0:
+            eol = low.find(b"\r\n", i)
+            length = int(low[i + 15:eol if eol > 0 else None])
+        else:
+            length = 0
+        known = (length, b"connection: close" in low)
+        if len(_HEADS) >= 64:
+            _HEADS.clear()
+        _HEADS[head] = known
+    return known
 
 
 def _complete(c: _Conn) -> bool:
@@ -46,10 +68,7 @@ def _complete(c: _Conn) -> bool:
         end = c.buf.find(b"\r\n\r\n")
         if end < 0:
             return False
-        head = c.buf[:end].lower()
-        i = head.find(b"content-length:")
-        length = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
-        c.close_after = b"connection: close" in head
+        length, c.close_after = _framing(c.buf[:end])
         c.need = end + 4 + length
     if len(c.buf) < c.need:
         return False
@@ -69,33 +88,40 @@ def open_loop(port: int, path: str, rate: float, conns: int, start: float, end: 
         by_fd[c.sock.fileno()] = c
         ep.register(c.sock.fileno(), select.EPOLLIN)
         free.append(c)
-    queue: deque[float] = deque()
+    queue: deque[float] = deque()  # due times waiting for a free connection, oldest first
     lat = array("d")
     errors = 0
     t0 = time.monotonic() + 0.01
     k = 0
     interval = 1.0 / rate
-    busy: set[_Conn] = set()
-
-    def send(c: _Conn, due: float) -> None:
-        c.due = due
-        c.sock.send(req)
-        busy.add(c)
+    inflight = 0  # connections with a request out (their `due` is that request's)
+    monotonic = time.monotonic
+    poll = ep.poll
 
     while True:
-        now = time.monotonic()
-        while k * interval + t0 <= now and k * interval + t0 < end:
-            queue.append(t0 + k * interval)
+        now = monotonic()
+        due = t0 + k * interval
+        while due <= now and due < end:
+            if free and not queue:
+                c = free.popleft()
+                c.due = due
+                c.sock.send(req)
+                inflight += 1
+            else:
+                queue.append(due)
             k += 1
+            due = t0 + k * interval
         while queue and free:
-            send(free.popleft(), queue.popleft())
-        if now >= end and not busy:
+            c = free.popleft()
+            c.due = queue.popleft()
+            c.sock.send(req)
+            inflight += 1
+        if now >= end and not inflight:
             break
         if now >= end + 2.0:
             break
-        nxt = t0 + k * interval
-        timeout = max(0.0, min(nxt - now, 0.05)) if now < end else 0.05
-        for fd, _ in ep.poll(timeout):
+        timeout = max(0.0, min(due - now, 0.05)) if now < end else 0.05
+        for fd, _ in poll(timeout):
             c = by_fd[fd]
             try:
                 data = c.sock.recv(65536)
@@ -105,7 +131,8 @@ def open_loop(port: int, path: str, rate: float, conns: int, start: float, end: 
                 data = b""
             if not data:
                 errors += 1
-                busy.discard(c)
+                if c.due >= 0:
+                    inflight -= 1
                 ep.unregister(fd)
                 del by_fd[fd]
                 c.sock.close()
@@ -117,16 +144,16 @@ def open_loop(port: int, path: str, rate: float, conns: int, start: float, end: 
                 ep.register(nc.sock.fileno(), select.EPOLLIN)
                 free.append(nc)
                 continue
-            c.buf += data
+            c.buf = c.buf + data if c.buf else data
             if _complete(c):
-                done = time.monotonic()
                 if c.due >= start:
-                    lat.append(done - c.due)
-                busy.discard(c)
+                    lat.append(monotonic() - c.due)
+                c.due = -1.0
+                inflight -= 1
                 free.append(c)
     now = time.monotonic()
     late = 0
-    for c in busy:
+    for c in by_fd.values():
         if c.due >= start:
             lat.append(now - c.due)
             late += 1
