@@ -184,18 +184,17 @@ def careful(port: int, path: str, conns: int, duration: float, think: float, see
         if c is not None:
             try:
                 peek = c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                if peek == b"":
-                    idle_eof += 1
-                    c.sock.close()
-                    c = None
-                else:  # bytes nobody asked for: the connection is unusable
-                    idle_reset += 1
-                    c.sock.close()
-                    c = None
             except (BlockingIOError, InterruptedError):
-                pass
+                pass  # still open and quiet: reuse it
             except OSError:
                 idle_reset += 1
+                c.sock.close()
+                c = None
+            else:  # EOF, or bytes nobody asked for: the connection is unusable
+                if peek == b"":
+                    idle_eof += 1
+                else:
+                    idle_reset += 1
                 c.sock.close()
                 c = None
         if c is None:

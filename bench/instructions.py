@@ -96,9 +96,10 @@ def exchanges(n: int, warm: int = 200, unique: bool = False) -> int:
             got = client.recv(65536)
             assert got.endswith(b"hello, bench\n") and got.startswith(b"HTTP/1.1 200"), got[:200]
     finally:
-        for s in (client, upstream, backend, listen):
-            if s is not None:
-                s.close()
+        opened: list[socket.socket | None] = [client, upstream, backend, listen]
+        for end in opened:
+            if end is not None:
+                end.close()
         loop.close()
     return n
 
