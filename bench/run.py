@@ -200,6 +200,12 @@ def _size(c: Contender) -> int:
         return 0
 
 
+def lost_over_reloads(rec: dict[str, Any]) -> list[int]:
+    """The rounds in which forkproxy failed requests over reloads (its logs are then kept)."""
+    return [r["round"] for r in rec["scenarios"].get("reloads", {}).get("rounds", [])
+            if r["contender"] == "forkproxy" and r["metrics"].get("failed")]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -256,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             errored = errored or failed
     finally:
         services.stop_all()
-        if errored or args.keep:
+        lost = lost_over_reloads(rec)
+        if lost:  # a result, not an error, but one to look into: the logs say why
+            log(f"forkproxy lost requests over reloads in round(s) {lost}")
+        if errored or lost or args.keep:
             log(f"logs of the proxies and backends kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)

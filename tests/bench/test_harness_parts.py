@@ -82,3 +82,14 @@ def test_instruction_count_is_positive_and_repeatable() -> None:
     first, second = count(50, 150), count(50, 150)
     assert 10_000 < first < 5_000_000
     assert abs(first - second) / first < 0.05  # the point of counting instructions
+
+
+def test_the_rounds_with_requests_lost_over_reloads_are_found() -> None:
+    from bench.run import lost_over_reloads
+
+    def rnd(n: int, who: str, failed: float) -> dict[str, object]:
+        return {"round": n, "contender": who, "metrics": {"failed": failed}}
+    rounds = [rnd(0, "forkproxy", 0.0), rnd(0, "nginx", 15.0), rnd(1, "forkproxy", 0.0), rnd(2, "forkproxy", 3.0)]
+    assert lost_over_reloads({"scenarios": {"reloads": {"rounds": rounds}}}) == [2]
+    assert lost_over_reloads({"scenarios": {"reloads": {"rounds": rounds[:3]}}}) == []  # nginx's do not count
+    assert lost_over_reloads({"scenarios": {}}) == []  # reloads not run
