@@ -237,12 +237,7 @@ class ClientConnection:
                 if not self.resp_done and self.c_out is None:
                     umask |= IN
                 loop.modify(up.fd, umask)
-            loc = self.route.location  # type: ignore[union-attr]
-            if self.c_out is None and not self.connecting and self.up_out is None and self.req_done:
-                timeout = loc.proxy_read_timeout  # the common case of _waiting_for, inlined
-            else:
-                timeout = getattr(loc, self._waiting_for())
-            loop.arm(self.timer, loop.now + timeout)
+            loop.arm(self.timer, loop.now + getattr(self.route.location, self._waiting_for()))  # type: ignore[union-attr]
         elif state == HEAD:
             loop.modify(self.fd, OUT if self.c_out is not None else IN)
         elif state == LINGER:
@@ -426,13 +421,9 @@ class ClientConnection:
             self.up_out = data
             return
         try:
-            n = up.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
+            self._send_upstream(data)
         except OSError as e:  # a pooled connection the backend reset: retry or 502, not "client gone"
             self._upstream_failed(e)
-            return
-        self.up_out = data[n:] if n < len(data) else None
 
     def _send_upstream(self, data: bytes | memoryview) -> None:
         try:
