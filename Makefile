@@ -30,7 +30,7 @@ bench-quick: $(VENV)/.installed
 	$(PY) -m bench run --quick
 
 lint: $(VENV)/.installed
-	$(PY) -m pip install -q mypy ruff
+	$(PY) -m pip install -q mypy ruff types-psutil types-toml
 	$(PY) -m ruff check forkproxy tests bench
 	$(PY) -m mypy --strict forkproxy
 
