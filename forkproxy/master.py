@@ -123,12 +123,21 @@ class Master:
         finally:
             self._cleanup()
         log.info("master exits")
+        self._ignore_late_signals()
         return code
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum, _, _ in SIGNALS:
             signal.signal(signum, self._record)
+
+    @staticmethod
+    def _ignore_late_signals() -> None:
+        """Python restores the default actions while it finalises; a stop signal sent again
+        then would end the master by that signal instead of with its exit code."""
+        for signum, _, _ in SIGNALS:
+            if signum != signal.SIGCHLD:
+                signal.signal(signum, signal.SIG_IGN)
 
     def _record(self, signum: int, frame: object) -> None:
         self._pending.append(signum)

@@ -142,6 +142,18 @@ def test_nothing_respawns_during_a_stop(make_proxy, sig: int) -> None:  # type: 
     assert "respawning" not in p.log()
 
 
+def test_a_stop_signal_repeated_until_exit_keeps_exit_code_0(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    # Python restores default signal actions while it finalises: a TERM then must not kill
+    p = make_proxy()
+    p.wait_workers(2)
+    assert p.proc is not None
+    deadline = time.monotonic() + 20
+    while p.proc.poll() is None and time.monotonic() < deadline:
+        p.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
+    assert p.stop() == 0
+
+
 def test_systemd_notify_protocol(make_proxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
