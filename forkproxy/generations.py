@@ -1,16 +1,18 @@
 """Generations and reload: a state machine the master loop steps, never a wait (layer 5).
 
     starting --all workers READY--> active --reload committed / WINCH / QUIT--> draining
-    starting --a worker died, or ready_timeout--> failed      (killed; old one untouched)
+    starting --a worker died, or ready_timeout--> failed      (old one untouched)
     draining | failed --last worker reaped--> gone            (listeners pruned)
 
 Invariants:
 - At most one generation is active and at most one is starting. The old generation is
   told to drain (SIGQUIT) only after every worker of the new one reported READY in the
   scoreboard, so some generation is always accepting on every listening socket.
-- A failed reload touches nothing that runs: the starting generation is SIGKILLed, its
-  freshly bound listeners are pruned when its workers are gone, and every waiter gets
-  the reason. The reason is also logged, once.
+- A failed reload touches nothing that ran before it: the starting generation's workers
+  that never reported READY are SIGKILLed; those that did (they accept at once, so they
+  may hold clients) drain like an old generation. Its freshly bound listeners are pruned
+  when its workers are gone, and every waiter gets the reason. The reason is also
+  logged, once.
 - Draining generations beyond max_draining_generations get SIGUSR2 (their final
   close_spread window starts now), oldest first, once each; nothing is killed early:
   each draining worker's kill deadline stays shutdown_timeout + KILL_MARGIN after its QUIT.
@@ -111,7 +113,13 @@ class Generations:
         self.starting = None
         gen.state = "failed"
         self.draining.append(gen)
-        self.sup.retire(self.sup.of(gen), signal.SIGKILL, time.monotonic())
+        # a worker that reported READY accepts already and may hold clients: it drains
+        # like an old generation; the others are killed
+        workers = self.sup.of(gen)
+        ready = [w for w in workers if w.ready and not w.retired]
+        now = time.monotonic()
+        self.sup.retire(ready, signal.SIGQUIT, now + gen.config.master.shutdown_timeout + KILL_MARGIN)
+        self.sup.retire([w for w in workers if w not in ready], signal.SIGKILL, now)
         self._answer(gen, False, f"reload failed: generation {gen.number}: {why}; "
                                  "the running workers are untouched")
 
