@@ -161,6 +161,8 @@ class ClientConnection:
             self._refuse(e)
         except OSError as e:
             self._client_gone(e)
+        except Exception:
+            self._internal_error()
         if self.state != CLOSED:
             self._refresh()
 
@@ -182,28 +184,47 @@ class ClientConnection:
             self._refuse(e)
         except OSError as e:
             self._upstream_failed(e)
+        except Exception:
+            self._internal_error()
         if self.state != CLOSED:
             self._refresh()
 
     def _on_timeout(self) -> None:
         state = self.state
-        if state == HEAD:
-            if self.parser.buffered:
-                self._fail(408, "client_header_timeout reading the request head")
-            else:
-                self._linger()
-        elif state == EXCHANGE:
-            what = self._waiting_for()
-            if what == "client_body_timeout":
-                self._fail(408, f"{what} expired")
-            elif what == "send_timeout":
-                self._abort(f"{what} expired writing to the client")
-            else:
-                self._fail(504, f"{what} expired ({self.up.addr_text if self.up else '-'})")
-        elif state == LINGER:
-            self._close()
+        try:
+            if state == HEAD:
+                if self.parser.buffered:
+                    self._fail(408, "client_header_timeout reading the request head")
+                else:
+                    self._linger()
+            elif state == EXCHANGE:
+                what = self._waiting_for()
+                if what == "client_body_timeout":
+                    self._fail(408, f"{what} expired")
+                elif what == "send_timeout":
+                    self._abort(f"{what} expired writing to the client")
+                else:
+                    self._fail(504, f"{what} expired ({self.up.addr_text if self.up else '-'})")
+            elif state == LINGER:
+                self._close()
+        except Exception:
+            self._internal_error()
         if self.state != CLOSED:
             self._refresh()
+
+    def _internal_error(self) -> None:
+        """A bug costs this connection, never the worker and all it serves: a 500 if no
+        response byte went out yet, else an abort; the connection is not kept either way."""
+        log.exception("internal error, client %s", self.remote)
+        if self.state == CLOSED:
+            return
+        self.keep_alive = False
+        try:
+            self._fail(500, "internal error")
+        except Exception:  # the state is too broken to answer: reset
+            log.exception("internal error answering client %s", self.remote)
+            if self.state != CLOSED:
+                self._abort("internal error")
 
     # -- masks and timer ---------------------------------------------------------
 

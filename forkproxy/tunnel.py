@@ -34,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import time
@@ -43,6 +44,8 @@ from typing import TYPE_CHECKING
 from .context import SCRATCH_SIZE as _SCRATCH
 from .loop import ERR, IN, OUT, Timer
 from .netio import abort
+
+log = logging.getLogger("forkproxy")
 
 if TYPE_CHECKING:
     from .context import WorkerContext
@@ -163,20 +166,31 @@ class Tunnel:
     # -- readiness ---------------------------------------------------------------
 
     def _on_client(self, ev: int) -> None:
-        if ev & ERR and self._error(self._client, ev):
-            return
-        if ev & IN:
-            self._relay(self._up)
-        if ev & OUT and not self._closed:
-            self._relay(self._down)
+        try:
+            if ev & ERR and self._error(self._client, ev):
+                return
+            if ev & IN:
+                self._relay(self._up)
+            if ev & OUT and not self._closed:
+                self._relay(self._down)
+        except Exception:
+            self._internal_error()
 
     def _on_upstream(self, ev: int) -> None:
-        if ev & ERR and self._error(self._upstream, ev):
-            return
-        if ev & IN:
-            self._relay(self._down)
-        if ev & OUT and not self._closed:
-            self._relay(self._up)
+        try:
+            if ev & ERR and self._error(self._upstream, ev):
+                return
+            if ev & IN:
+                self._relay(self._down)
+            if ev & OUT and not self._closed:
+                self._relay(self._up)
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        """A bug costs this tunnel (both ends reset), never the worker and all it serves."""
+        log.exception("internal error in the tunnel of client %s", self.client_addr)
+        self._finish("internal error", reset=True)
 
     def _error(self, end: _End, ev: int) -> bool:
         """EPOLLERR/EPOLLHUP on `end`: True if the tunnel ended because of it."""

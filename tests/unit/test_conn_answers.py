@@ -120,3 +120,42 @@ def test_slash_redirect_answer(rig: Rig) -> None:
     reply = rig.exchange(b"GET //ws HTTP/1.0\r\n\r\n")  # no Host: the address reached
     assert b"\r\nLocation: http://127.0.0.1:%d/ws/\r\n" % rig.port in reply
     assert b"\r\nConnection: close\r\n" in reply
+
+
+def test_a_bug_answers_500_closes_that_connection_and_spares_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = Rig(tmp_path)
+    ctx = rig.conn.ctx
+    other_client = socket.create_connection(rig.listen.getsockname())
+    inner, addr = rig.listen.accept()
+    inner.setblocking(False)
+    other = ClientConnection(ctx, inner, addr, Listener(rig.listen, ("127.0.0.1", 0)), ctx.config.servers[0])
+    resolve = Router.resolve
+
+    def buggy(self: Router, server: object, target: bytes) -> object:
+        if target == b"/bug":
+            raise RuntimeError("a bug")
+        return resolve(self, server, target)  # type: ignore[arg-type]
+    monkeypatch.setattr(Router, "resolve", buggy)
+
+    reply = rig.exchange(b"GET /bug HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 500 ") and b"Connection: close" in reply
+    rig.client.settimeout(5)
+    assert rig.client.recv(100) == b""  # an orderly close after the answer
+    rig.client.close()
+    deadline = time.monotonic() + 5
+    while rig.conn in ctx.live and time.monotonic() < deadline:
+        rig.loop.run_once(0.01)
+    assert rig.conn not in ctx.live and other in ctx.live
+
+    other_client.sendall(b"GET /none HTTP/1.1\r\nHost: a\r\n\r\n")
+    other_client.setblocking(False)
+    got = b""
+    while b"</html>\r\n" not in got and time.monotonic() < deadline + 5:
+        rig.loop.run_once(0.01)
+        try:
+            got += other_client.recv(8192)
+        except BlockingIOError:
+            pass
+    assert got.startswith(b"HTTP/1.1 404 ") and other in ctx.live
+    other_client.close()

@@ -504,3 +504,30 @@ def test_small_messages_take_the_copy_path(tmp_path: Path) -> None:
         assert tunnel_mod.SPLICE_AT > 32
     finally:
         env.close()
+
+
+def test_a_bug_in_one_tunnel_resets_that_tunnel_and_spares_the_others(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    env = Env(tmp_path, cap=4)
+    try:
+        broken, healthy = env.rig(), env.rig()
+
+        relay = Tunnel._relay
+
+        def buggy(self: Tunnel, flow: Any) -> None:
+            if self is broken.tunnel:
+                raise RuntimeError("a bug")
+            relay(self, flow)
+        monkeypatch.setattr(Tunnel, "_relay", buggy)
+        broken.client.sendall(b"x")
+        env.spin(lambda: broken.tunnel.closed, 5)
+        for end in (broken.client, broken.upstream):
+            with pytest.raises(ConnectionResetError):
+                end.recv(10)
+        assert broken.tunnel not in env.ctx.live and healthy.tunnel in env.ctx.live
+        healthy.client.sendall(b"still here")
+        env.spin(lambda: _peek(healthy.upstream, 100) == b"still here")
+        rec = next(r for r in env.records() if r["end"] == "internal error")
+        assert rec["reset"] is True
+    finally:
+        env.close()
