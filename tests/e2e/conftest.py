@@ -39,6 +39,9 @@ def make_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
     yield make
     for proxy in made:
         proxy.kill_all()
+    for proxy in made:  # a bug a worker survived (or did not) still fails the test
+        bugs = [line for line in proxy.log().splitlines() if "internal error" in line or " crashed" in line]
+        assert not bugs, bugs[:5]
 
 
 @pytest.fixture
