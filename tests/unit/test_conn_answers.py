@@ -159,3 +159,24 @@ def test_a_bug_answers_500_closes_that_connection_and_spares_the_others(
             pass
     assert got.startswith(b"HTTP/1.1 404 ") and other in ctx.live
     other_client.close()
+
+
+@pytest.mark.parametrize("draining", [False, True])
+def test_a_request_that_crosses_the_idle_close_is_served(tmp_path: Path, draining: bool) -> None:
+    # the client checked the idle connection and sent; the worker's idle timer fires before
+    # it looked at the socket again: the request is answered, not met with a FIN
+    rig = Rig(tmp_path)
+    if draining:
+        rig.conn.drain()
+    rig.client.sendall(b"GET /none HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(0.05)  # the bytes are in the proxy's socket; no loop turn has seen them
+    rig.conn._on_timeout()
+    reply = b""
+    rig.client.settimeout(5)
+    while b"</html>\r\n" not in reply:
+        chunk = rig.client.recv(8192)
+        if not chunk:
+            break
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 404 ")
+    assert (b"Connection: close" in reply) == draining
