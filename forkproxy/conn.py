@@ -191,11 +191,17 @@ class ClientConnection:
 
     def _on_timeout(self) -> None:
         state = self.state
+        if state == HEAD and not self.parser.buffered and self.c_out is None and netio.input_pending(self.sock):
+            # an idle close (keepalive_timeout, the drain grace) crossed by a request already
+            # in the kernel (the client checked the connection and sent while this worker was
+            # busy): handle the readable event the loop has not delivered yet, not a FIN
+            self._on_client(IN)
+            return
         try:
             if state == HEAD:
                 if self.parser.buffered:
                     self._fail(408, "client_header_timeout reading the request head")
-                elif self.c_out is not None or not self._took_waiting_bytes():
+                else:
                     self._linger()
             elif state == EXCHANGE:
                 what = self._waiting_for()
@@ -207,28 +213,10 @@ class ClientConnection:
                     self._fail(504, f"{what} expired ({self.up.addr_text if self.up else '-'})")
             elif state == LINGER:
                 self._close()
-        except HttpError as e:
-            self._refuse(e)
-        except OSError as e:
-            self._client_gone(e)
         except Exception:
             self._internal_error()
         if self.state != CLOSED:
             self._refresh()
-
-    def _took_waiting_bytes(self) -> bool:
-        """At an idle close (keepalive_timeout, or the drain grace), bytes already in the
-        kernel are a request that crossed the timer: the client checked the connection and
-        sent while this worker was busy. Serve it rather than cut it; False if none."""
-        try:
-            data = self.sock.recv(RECV_HEAD)
-        except (BlockingIOError, InterruptedError):
-            return False
-        if data:
-            self._feed_head(data)
-        else:
-            self._close()  # the client closed first
-        return True
 
     def _internal_error(self) -> None:
         """A bug costs this connection, never the worker and all it serves: a 500 if no

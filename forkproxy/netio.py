@@ -92,11 +92,11 @@ def abort(sock: socket.socket) -> None:
     sock.close()
 
 
-def peer_closed(sock: socket.socket) -> bool:
-    """True if an idle socket has EOF, an error or unexpected bytes pending (MSG_PEEK)."""
+def input_pending(sock: socket.socket) -> bool:
+    """True if EOF, an error or bytes wait on a socket that looked idle (MSG_PEEK, no wait)."""
     try:
         sock.recv(1, _PEEK_NOWAIT)
-        return True  # EOF, or bytes nobody asked for: either way not reusable
+        return True
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:

@@ -101,7 +101,7 @@ class UpstreamPools:
         idle = pool.idle
         while idle:
             conn = idle.pop()
-            if self.loop.now - conn.idle_since > PEEK_AFTER and netio.peer_closed(conn.sock):
+            if self.loop.now - conn.idle_since > PEEK_AFTER and netio.input_pending(conn.sock):  # EOF, or bytes nobody asked for
                 conn.close()
                 continue
             conn.reused = True
